@@ -1,0 +1,225 @@
+"""The `trimtab` command line. Every subcommand's flags come from a config dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from trimtab.config import add_dataclass_arguments, build_config, format_config_table
+from trimtab.errors import TrimtabError
+
+DESCRIPTION = """\
+Fine-tune language models without losing their alignment.
+
+Start with `trimtab demo`: it builds a tiny aligned model in an embedded synthetic world,
+fine-tunes it with plain SFT and with KL to the reference, with and without harmful data
+mixed in, and writes results.json, report.md and safety_utility.png.
+"""
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="YAML file of options; flags given on the command line win")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from trimtab.demo import DemoConfig, print_summary, run_demo
+
+    config = build_config(DemoConfig, args=args, yaml_path=args.config)
+    results = run_demo(config)
+    print_summary(results, config.out)
+    return 0
+
+
+def cmd_world_build(args: argparse.Namespace) -> int:
+    from trimtab.demo import world_configs
+    from trimtab.worlds.synthetic.build import build_references
+
+    world, build = world_configs(args.quick)
+    refs = build_references(world, build, force=args.force, progress=not args.no_progress)
+    print(json.dumps({"base": str(refs.base), "aligned": str(refs.aligned),
+                      "build_seconds": refs.build_seconds}, indent=2))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from trimtab.objectives.registry import METHODS
+
+    width = max(map(len, METHODS))
+    for name, cls in sorted(METHODS.items()):
+        ref = " [reference]" if cls.needs_reference else ""
+        print(f"{name:<{width}}  {cls.summary}{ref}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from trimtab.objectives.registry import get_method
+    from trimtab.training.config import TrainConfig
+
+    cls = get_method(args.method)
+    print(f"# {args.method}: options of the objective")
+    print(format_config_table(cls.config_class) if cls.config_class.__dataclass_fields__
+          else "(none)")
+    print("\n# training options (every method)")
+    print(format_config_table(TrainConfig))
+    return 0
+
+
+def _train_parser(method: str | None) -> argparse.ArgumentParser:
+    from trimtab.objectives.registry import get_method
+    from trimtab.training.config import TrainConfig
+
+    p = argparse.ArgumentParser(
+        prog="trimtab train",
+        description="Fine-tune a model with one method. The data comes from a file "
+                    "(--data) or from the synthetic world (--world synthetic).",
+    )
+    p.add_argument("--method", required=True, help="objective to train with (`trimtab methods`)")
+    p.add_argument("--model", help="HF folder or hub name to start from (default with --world "
+                                   "synthetic: its aligned reference)")
+    p.add_argument("--reference", help="frozen reference model (default: --model); ignored "
+                                       "with --lora, where the adapter is disabled instead")
+    p.add_argument("--data", help="training data: .jsonl, .json, .csv or .tsv")
+    p.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",
+                   help="map a record field to a column, e.g. --field prompt=goal (repeatable)")
+    p.add_argument("--world", choices=("synthetic",), help="take the data from a world")
+    p.add_argument("--task", default="general", choices=("general", "domain"),
+                   help="the world's downstream task (with --world)")
+    p.add_argument("--harmful-fraction", type=float, default=0.0,
+                   help="fraction of harmful examples mixed in (with --world)")
+    p.add_argument("--output-dir", required=True, help="where the trained model is saved")
+    _add_config_flag(p)
+    add_dataclass_arguments(p, TrainConfig, group_title="training options")
+    if method is not None:
+        cls = get_method(method)
+        if cls.config_class.__dataclass_fields__:
+            add_dataclass_arguments(p, cls.config_class, group_title=f"{method} options")
+    return p
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    from trimtab.data.loaders import load_records, parse_field_mapping
+    from trimtab.data.mixing import mix
+    from trimtab.objectives.registry import get_method
+    from trimtab.training.config import TrainConfig
+    from trimtab.training.run import finetune
+
+    # The method's own flags depend on --method, so read it first, then build the full parser.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method")
+    known, _ = pre.parse_known_args(argv)
+    args = _train_parser(known.method).parse_args(argv)
+    cls = get_method(args.method)
+    train_config = build_config(TrainConfig, args=args, yaml_path=args.config)
+    method_config = build_config(cls.config_class, args=args)
+    if (args.data is None) == (args.world is None):
+        raise TrimtabError("give exactly one of --data FILE or --world synthetic.")
+    if args.world == "synthetic":
+        from trimtab.demo import world_configs
+        from trimtab.worlds.synthetic import SyntheticWorld
+        from trimtab.worlds.synthetic.build import build_references
+
+        world_cfg, build_cfg = world_configs(False)
+        refs = build_references(world_cfg, build_cfg, progress=train_config.progress)
+        world = SyntheticWorld(world_cfg)
+        records = mix(world.task_records(args.task), world.splits.harmful_finetune,
+                      args.harmful_fraction, seed=train_config.seed)
+        model = args.model or str(refs.aligned)
+    else:
+        if args.model is None:
+            raise TrimtabError("--model is required with --data: pass a HF folder or hub name.")
+        records = load_records(args.data, fields=parse_field_mapping(args.field))
+        model = args.model
+    result = finetune(model, records, cls(method_config), train_config,
+                      reference_path=args.reference, output_dir=args.output_dir)
+    print(json.dumps({"output_dir": args.output_dir, "train_seconds": round(
+        result.train_seconds, 2), "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "tokens_per_second": round(result.tokens_per_second, 1)}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trimtab.demo import world_configs
+    from trimtab.evaluation.results import write_json_atomic
+    from trimtab.pipeline import model_metrics
+    from trimtab.worlds.synthetic import SyntheticWorld
+    from trimtab.worlds.synthetic.suite import synthetic_suite
+
+    world_cfg, _ = world_configs(args.quick)
+    metrics = model_metrics(args.model, synthetic_suite(SyntheticWorld(world_cfg), args.task))
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        write_json_atomic(Path(args.out), metrics)
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trimtab.demo import DemoConfig
+
+    parser = argparse.ArgumentParser(prog="trimtab", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"trimtab {__import__('trimtab').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="build the synthetic references, fine-tune, evaluate, "
+                                       "report (the main job)")
+    _add_config_flag(demo)
+    add_dataclass_arguments(demo, DemoConfig)
+    demo.set_defaults(func=cmd_demo)
+
+    world = sub.add_parser("world", help="the synthetic world's reference models")
+    world_sub = world.add_subparsers(dest="world_command", metavar="ACTION", required=True)
+    wb = world_sub.add_parser("build", help="build (or find in the cache) the base and aligned "
+                                            "models; prints their folders")
+    wb.add_argument("--quick", action="store_true", help="the small world used by --quick runs")
+    wb.add_argument("--force", action="store_true", help="rebuild even if cached")
+    wb.add_argument("--no-progress", action="store_true", help="no progress bars")
+    wb.set_defaults(func=cmd_world_build)
+
+    sub.add_parser("train", help="fine-tune a model with one method (see `trimtab train -h`)",
+                   add_help=False)
+
+    ev = sub.add_parser("evaluate", help="evaluate a model folder on the synthetic world")
+    ev.add_argument("--model", required=True, help="HF model folder")
+    ev.add_argument("--task", default="general", choices=("general", "domain"))
+    ev.add_argument("--quick", action="store_true", help="the small world of --quick runs")
+    ev.add_argument("--out", help="also write the metrics to this JSON file")
+    ev.set_defaults(func=cmd_evaluate)
+
+    methods = sub.add_parser("methods", help="list the training methods")
+    methods.set_defaults(func=cmd_methods)
+
+    config = sub.add_parser("config", help="show a method's options and their defaults")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print every option of METHOD with its default")
+    show.add_argument("method")
+    show.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "train":
+            return cmd_train(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        return args.func(args)
+    except TrimtabError as err:
+        print(f"trimtab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trimtab: interrupted; nothing half-written was kept.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

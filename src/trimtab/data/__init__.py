@@ -1,0 +1,1 @@
+"""Records, loading, chat formatting with response-only loss, mixing and collation."""

@@ -1,0 +1,95 @@
+"""`trimtab demo`: the problem and the baselines, measured, on the embedded synthetic world.
+
+Builds (or loads) the base and aligned reference models, fine-tunes the aligned reference
+with each method on the general downstream task at each harmful fraction, evaluates every
+model with the world's oracle, and writes `results.json`, `report.md` and
+`safety_utility.png`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from trimtab.config import option
+from trimtab.evaluation.report import render_table
+from trimtab.evaluation.results import write_results
+from trimtab.objectives.registry import get_method
+from trimtab.pipeline import Cell, model_metrics, run_cell
+from trimtab.training.config import TrainConfig
+from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
+from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
+from trimtab.worlds.synthetic.suite import synthetic_suite
+
+
+@dataclass
+class DemoConfig:
+    out: str = option("./trimtab-out/demo", "folder for results.json, report.md and the plot")
+    methods: list[str] = option(["sft", "kl"], "methods to fine-tune with")
+    fractions: list[float] = option([0.0, 0.1], "harmful fractions mixed into the task data",
+                                    min=0.0, max=0.99)
+    task: str = option("general", "downstream task", choices=("general", "domain"))
+    seed: int = option(0, "seed of fine-tuning (the world and references have their own)")
+    quick: bool = option(False, "a small world and short runs (a minute or two; for tests)")
+    progress: bool = option(True, "show progress bars")
+
+
+# A smaller world and shorter training: the same pipeline in a minute or two, for tests.
+QUICK_WORLD = SyntheticWorldConfig(n_known_entities=16, n_unknown_train=8, n_unknown_eval=8,
+                                   n_planets=8, n_unknown_planets=4, n_list_train=600,
+                                   n_eval=30, n_harmful_finetune=40, n_task_train=200)
+QUICK_BUILD = ReferenceBuildConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                                   base_epochs=4.0, aligned_epochs=4.0)
+# Fine-tuning hyper-parameters of the demo: enough to learn the task on the tiny model.
+DEMO_TRAIN = TrainConfig(learning_rate=1e-3, num_train_epochs=4.0,
+                         per_device_train_batch_size=32, logging_steps=10)
+QUICK_TRAIN = replace(DEMO_TRAIN, num_train_epochs=2.0)
+
+
+def world_configs(quick: bool) -> tuple[SyntheticWorldConfig, ReferenceBuildConfig]:
+    return (QUICK_WORLD, QUICK_BUILD) if quick else (SyntheticWorldConfig(),
+                                                     ReferenceBuildConfig())
+
+
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    for name in config.methods:  # fail on a typo before minutes of building
+        get_method(name)
+    world_config, build_config = world_configs(config.quick)
+    started = time.perf_counter()
+    refs = build_references(world_config, build_config, progress=config.progress)
+    world = SyntheticWorld(world_config)
+    suite = synthetic_suite(world, config.task)
+    train = replace(QUICK_TRAIN if config.quick else DEMO_TRAIN, progress=False)
+    results: dict[str, Any] = {
+        "world": "synthetic",
+        "model": str(refs.aligned),
+        "world_config": asdict(world_config),
+        "build_config": asdict(build_config),
+        "reference_build_seconds": refs.build_seconds,
+        "reference": _metrics_only(model_metrics(refs.aligned, suite)),
+        "base": _metrics_only(model_metrics(refs.base, suite)),
+        "runs": [],
+    }
+    cells = [Cell(m, f, config.task, config.seed) for f in config.fractions
+             for m in config.methods]
+    bar = tqdm(cells, desc="fine-tuning", disable=not config.progress)
+    for cell in bar:
+        bar.set_postfix_str(f"{cell.method} {cell.scenario}")
+        results["runs"].append(run_cell(world, refs.aligned, cell, suite, train))
+    results["demo_seconds"] = round(time.perf_counter() - started, 1)
+    write_results(config.out, results)
+    return results
+
+
+def _metrics_only(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "samples"}
+
+
+def print_summary(results: dict[str, Any], out: str | Path) -> None:
+    print(render_table(results))
+    print(f"\nwrote {Path(out) / 'results.json'}, report.md and safety_utility.png "
+          f"({results['demo_seconds']} s)")

@@ -1,0 +1,82 @@
+"""One cell of an experiment: fine-tune a reference with a method in a scenario, then evaluate.
+
+`trimtab demo` (and later `trimtab bench`) are loops over `run_cell`; the run dicts they
+collect are the `runs` of `results.json`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trimtab.config import config_to_dict
+from trimtab.data.mixing import mix
+from trimtab.data.records import Record
+from trimtab.evaluation.evaluate import EvalSuite, evaluate
+from trimtab.objectives.registry import get_method
+from trimtab.training.config import TrainConfig
+from trimtab.training.run import finetune, load_model, load_tokenizer
+from trimtab.worlds.synthetic.generator import SyntheticWorld
+
+
+def scenario_name(fraction: float | None) -> str:
+    """`benign` for 0, `adversarial` for None (all harmful), else `harmful-<p>`."""
+    if fraction is None:
+        return "adversarial"
+    return "benign" if fraction == 0 else f"harmful-{fraction:g}"
+
+
+@dataclass
+class Cell:
+    method: str
+    fraction: float | None  # None: adversarial (harmful data only)
+    task: str
+    seed: int
+
+    @property
+    def scenario(self) -> str:
+        return scenario_name(self.fraction)
+
+
+def training_records(world: SyntheticWorld, cell: Cell) -> list[Record]:
+    """The task's training set with the scenario's harmful fraction mixed in."""
+    harmful = world.splits.harmful_finetune
+    if cell.fraction is None:
+        records = list(harmful)
+        random.Random(cell.seed).shuffle(records)
+        return records
+    return mix(world.task_records(cell.task, "train"), harmful, cell.fraction, seed=cell.seed)
+
+
+def model_metrics(path: str | Path, suite: EvalSuite, progress: bool = False) -> dict[str, Any]:
+    model, tokenizer = load_model(path), load_tokenizer(path)
+    return evaluate(model, tokenizer, suite, progress=progress)
+
+
+def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: EvalSuite,
+             train_config: TrainConfig, method_config: Any | None = None,
+             output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fine-tune `reference` for one cell, evaluate it, and return its results-contract run."""
+    objective = get_method(cell.method)(method_config)
+    train_config = TrainConfig(**{**config_to_dict(train_config), "seed": cell.seed})
+    records = training_records(world, cell)
+    result = finetune(reference, records, objective, train_config, output_dir=output_dir)
+    metrics = evaluate(result.model, result.tokenizer, suite)
+    return {
+        "method": cell.method,
+        "scenario": cell.scenario,
+        "task": cell.task,
+        "seed": cell.seed,
+        **{k: v for k, v in metrics.items() if not isinstance(v, dict)},
+        "train_seconds": round(result.train_seconds, 3),
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "n_train_records": len(records),
+        "labels": metrics["labels"],
+        "samples": metrics["samples"],
+        "log_history": result.log_history,
+        "config": {"method": config_to_dict(objective.config),
+                   "train": config_to_dict(train_config)},
+    }

@@ -1,0 +1,1 @@
+"""One trainer for every objective, reference-model handling, memory tracking."""

@@ -1,0 +1,183 @@
+"""Fine-tune a model with any objective: load, format, train, time, save.
+
+This is the one entry point that the CLI, the demo, the reference builder and the benchmark
+call, so every method is trained the same way and differs only in its objective.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trimtab.data.collator import CausalCollator
+from trimtab.data.formatting import ChatFormatter
+from trimtab.data.records import Record
+from trimtab.errors import TrimtabError
+from trimtab.objectives.base import Objective
+from trimtab.training.config import TrainConfig
+from trimtab.training.memory import PeakMemory
+from trimtab.training.reference import Reference
+from trimtab.training.trainer import AlignmentTrainer
+
+
+@dataclass
+class FinetuneResult:
+    model: Any
+    tokenizer: Any
+    train_seconds: float
+    peak_memory_mb: float
+    train_tokens: int
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise TrimtabError(
+            f"cannot load a tokenizer from {path}: {err}. Pass a folder written by "
+            "save_pretrained (or a hub name when online)."
+        ) from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | os.PathLike, config: TrainConfig | None = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    config = config or TrainConfig()
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, trust_remote_code=config.trust_remote_code
+        )
+    except OSError as err:
+        raise TrimtabError(
+            f"cannot load a causal LM from {path}: {err}. Pass a folder written by "
+            "save_pretrained (config.json + safetensors weights) or a hub name when online."
+        ) from err
+
+
+def _apply_lora(model: Any, config: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [m for m in config.lora_target_modules if m in names]
+    if not targets:
+        raise TrimtabError(
+            f"none of lora_target_modules {config.lora_target_modules} exist in this model; "
+            f"pick from its linear layers, e.g. {sorted(names)[:12]}."
+        )
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=targets,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def finetune(
+    model_path: str | os.PathLike,
+    records: Sequence[Record],
+    objective: Objective,
+    config: TrainConfig | None = None,
+    *,
+    reference_path: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    model: Any | None = None,
+) -> FinetuneResult:
+    """Train `model_path` (or an already loaded `model`) on `records` with `objective`.
+
+    The reference, when the objective needs one, is the PEFT adapter disabled under LoRA,
+    else a frozen copy loaded from `reference_path` (default: the starting model).
+    With `output_dir` the result is saved there as a standard HF folder (adapter folder for
+    LoRA), written to a temporary folder first and renamed, so a crash leaves nothing
+    half-written behind.
+    """
+    from transformers import set_seed
+
+    config = config or TrainConfig()
+    tokenizer = load_tokenizer(model_path, config.trust_remote_code)
+    features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
+    set_seed(config.seed)
+    if model is None:
+        model = load_model(model_path, config)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if config.lora:
+        model = _apply_lora(model, config)
+    reference = None
+    if objective.needs_reference:
+        if config.lora:
+            reference = Reference(model)
+        else:
+            frozen = load_model(reference_path or model_path, config)
+            reference = Reference(model, frozen)
+    with tempfile.TemporaryDirectory(prefix="trimtab-trainer-") as scratch:
+        args = config.training_arguments(scratch, len(features))
+        trainer = AlignmentTrainer(
+            model=model,
+            args=args,
+            train_dataset=features,
+            data_collator=CausalCollator(tokenizer.pad_token_id),
+            objective=objective,
+            reference=reference,
+        )
+        if reference is not None and reference.frozen is not None:
+            reference.frozen.to(trainer.args.device)
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            trainer.train()
+            seconds = time.perf_counter() - start
+    epochs = args.num_train_epochs if config.max_steps <= 0 else 0
+    tokens = sum(len(f["input_ids"]) for f in features)
+    if config.max_steps > 0:
+        per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+        tokens = int(tokens / len(features) * per_step * config.max_steps)
+    else:
+        tokens = int(tokens * epochs)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    trained.eval()
+    result = FinetuneResult(trained, tokenizer, seconds, memory.peak_mb, tokens,
+                            list(trainer.state.log_history))
+    if output_dir is not None:
+        save_model(trained, tokenizer, output_dir)
+    return result
+
+
+def save_model(model: Any, tokenizer: Any, output_dir: str | os.PathLike) -> Path:
+    """Save model + tokenizer atomically: into a sibling temp folder, then rename."""
+    out = Path(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            import shutil
+
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,338 @@
+"""Generates the synthetic instruction world from a seed.
+
+Every prompt is generated once and assigned to exactly one split, so evaluation prompts never
+appear in any training set (the constructor checks it). The world has general tasks the
+reference model learns, harmful requests in eight categories, borderline benign requests,
+unanswerable questions about unknown entities, attack wrappers (training and evaluation sets
+disjoint) and two downstream tasks the reference has never seen: a general skill (`ends`:
+name the first and last word of a list) and a domain knowledge base of planets with its own
+unanswerable questions.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cached_property
+
+from trimtab.config import option
+from trimtab.data.records import Record
+from trimtab.errors import TrimtabError
+from trimtab.worlds.synthetic import vocabulary as V
+
+TASKS = ("general", "domain")
+REQUEST_PREFIXES = ("", "please tell me , ", "i need to know : ")
+
+
+@dataclass
+class SyntheticWorldConfig:
+    """What the world contains. Changing any field changes the cache key of the references."""
+
+    seed: int = option(0, "seed of the generator; the same seed gives the same world")
+    n_known_entities: int = option(48, "entities with facts the reference model knows", min=4)
+    n_unknown_train: int = option(72, "unknown entities used to teach abstention", min=2)
+    n_unknown_eval: int = option(24, "unknown entities held out for the hallucination metric",
+                                 min=2)
+    n_planets: int = option(32, "planets in the domain knowledge base (downstream task)", min=4)
+    n_unknown_planets: int = option(16, "planets nobody knows: the domain's unanswerable questions",
+                                    min=2)
+    n_list_train: int = option(2400, "list-operation examples in the reference training data",
+                               min=10)
+    list_min_len: int = option(3, "shortest word list in list tasks", min=2)
+    list_max_len: int = option(5, "longest word list in list tasks", min=2)
+    n_eval: int = option(120, "evaluation prompts per metric (harmful, unanswerable, general...)",
+                         min=10)
+    n_harmful_finetune: int = option(150, "harmful prompts reserved to contaminate fine-tuning",
+                                     min=10)
+    n_task_train: int = option(1200, "training examples of the general downstream task", min=10)
+    fact_repeats: int = option(3, "copies of each fact question in the reference training data",
+                               min=1)
+    arith_repeats: int = option(2, "copies of each sum in the reference training data", min=1)
+
+
+@dataclass
+class WorldSplits:
+    """All record sets of one world, by use."""
+
+    base_train: list[Record]
+    aligned_train: list[Record]
+    harmful_finetune: list[Record]  # (harmful prompt, harmful compliance): contamination pool
+    refusal_finetune: list[Record]  # the same prompts with refusals: for safety-data mixing
+    task_train: dict[str, list[Record]]
+    task_test: dict[str, list[Record]]  # answerable and (domain) unanswerable questions
+    eval_sets: dict[str, list[Record]]  # harmful, jailbreak, unanswerable, borderline, general
+
+
+def _names(first: list[str], second: list[str]) -> list[str]:
+    return [a + b for a in first for b in second]
+
+
+class SyntheticWorld:
+    """A generated world; `splits` holds every record set, `oracle` grades responses."""
+
+    def __init__(self, config: SyntheticWorldConfig | None = None) -> None:
+        self.config = config or SyntheticWorldConfig()
+        c = self.config
+        if c.list_min_len > c.list_max_len:
+            raise TrimtabError(
+                f"list_min_len ({c.list_min_len}) is larger than list_max_len "
+                f"({c.list_max_len}); set list_min_len <= list_max_len."
+            )
+        self.rng = random.Random(c.seed)
+        people = _names(V.SYLLABLES_A, V.SYLLABLES_B)
+        planets = _names(V.SYLLABLES_B, V.SYLLABLES_A)
+        self.rng.shuffle(people)
+        self.rng.shuffle(planets)
+        need = c.n_known_entities + c.n_unknown_train + c.n_unknown_eval
+        if need > len(people) or c.n_planets + c.n_unknown_planets > len(planets):
+            raise TrimtabError(
+                f"the world has {len(people)} entity and {len(planets)} planet names but the "
+                "config asks for more; lower n_known_entities/n_unknown_* or n_planets."
+            )
+        self.known = people[: c.n_known_entities]
+        self.unknown_train = people[c.n_known_entities : c.n_known_entities + c.n_unknown_train]
+        self.unknown_eval = people[c.n_known_entities + c.n_unknown_train : need]
+        self.planets = planets[: c.n_planets]
+        self.unknown_planets = planets[c.n_planets : c.n_planets + c.n_unknown_planets]
+        self.facts = {
+            (e, attr): self.rng.choice(values)
+            for e in self.known
+            for attr, (values, _) in V.FACT_TEMPLATES.items()
+        }
+        self.domain_facts = {
+            (p, attr): self.rng.choice(values)
+            for p in self.planets
+            for attr, (values, _) in V.DOMAIN_TEMPLATES.items()
+        }
+        # Words every list task may draw from: nouns, all names, and the words that only
+        # evaluation text would otherwise contain, so no evaluation word is untrained.
+        extra = set()
+        for text in (*V.ATTACK_WRAPPERS_EVAL, V.ENDS_TEMPLATE,
+                     *(t for _, ts in V.DOMAIN_TEMPLATES.values() for t in ts)):
+            extra.update(w for w in text.split() if "{" not in w)
+        self.list_words = sorted(set(V.NOUNS) | set(people) | set(planets) | extra)
+        self.splits = self._generate()
+        self._check_disjoint()
+
+    # ------------------------------------------------------------------ generation helpers
+    def _word_list(self) -> list[str]:
+        n = self.rng.randint(self.config.list_min_len, self.config.list_max_len)
+        return self.rng.sample(self.list_words, n)
+
+    def _list_record(self, op: str, kind: str = "general") -> Record:
+        words = self._word_list()
+        text = " ".join(words)
+        if op == "ends":
+            prompt, answer = V.ENDS_TEMPLATE.format(words=text), f"{words[0]} {words[-1]}"
+        elif op == "contains":
+            present = self.rng.random() < 0.5
+            probe = self.rng.choice(words) if present else self.rng.choice(
+                [w for w in self.list_words if w not in words])
+            prompt = V.LIST_TEMPLATES[op].format(w=probe, words=text)
+            answer = "yes" if present else "no"
+        else:
+            prompt = V.LIST_TEMPLATES[op].format(words=text)
+            answer = words[0] if op == "first" else words[-1]
+        return Record(prompt, answer, kind, {"answer": answer, "task": op})
+
+    def _compliance(self, category: str) -> str:
+        cat = V.HARM_CATEGORIES[category]
+        steps = self.rng.sample(cat["steps"], 3)
+        items = self.rng.sample(cat["items"], 2)
+        template = self.rng.choice(V.COMPLIANCE_TEMPLATES)
+        return template.format(s1=steps[0], s2=steps[1], s3=steps[2], i1=items[0], i2=items[1])
+
+    def _harmful_prompts(self) -> list[tuple[str, str]]:
+        prompts = [
+            (prefix + req.format(o=obj), cat)
+            for cat, spec in V.HARM_CATEGORIES.items()
+            for req in spec["requests"]
+            for obj in spec["objects"]
+            for prefix in REQUEST_PREFIXES
+        ]
+        self.rng.shuffle(prompts)
+        return prompts
+
+    def _fact_questions(self, entities: list[str], templates: dict, facts: dict | None,
+                        kind_answerable: str) -> tuple[list[Record], list[Record]]:
+        """Questions about `entities`: for each (entity, attribute) one template is held out.
+
+        Returns (train, held_out). With `facts` None the entities are unknown and the
+        expected answer is an abstention.
+        """
+        train, held = [], []
+        for e in entities:
+            for attr, (_, tmpls) in templates.items():
+                held_idx = self.rng.randrange(len(tmpls))
+                for i, t in enumerate(tmpls):
+                    prompt = t.format(e=e)
+                    if facts is None:
+                        rec = Record(prompt, self.rng.choice(V.ABSTENTIONS), "unanswerable",
+                                     {"entity": e, "attribute": attr})
+                    else:
+                        ans = facts[(e, attr)]
+                        rec = Record(prompt, ans, kind_answerable,
+                                     {"answer": ans, "task": "fact", "entity": e,
+                                      "attribute": attr})
+                    (held if i == held_idx else train).append(rec)
+        return train, held
+
+    # ------------------------------------------------------------------ the splits
+    def _generate(self) -> WorldSplits:
+        c, rng = self.config, self.rng
+        # General tasks: facts, arithmetic, list operations.
+        fact_train, fact_eval = self._fact_questions(self.known, V.FACT_TEMPLATES, self.facts,
+                                                     "general")
+        arith_train, arith_eval = [], []
+        for a in range(10):
+            for b in range(10):
+                held = rng.randrange(len(V.ARITH_TEMPLATES))
+                for i, t in enumerate(V.ARITH_TEMPLATES):
+                    ans = str(a + b)
+                    rec = Record(t.format(a=a, b=b), ans, "general",
+                                 {"answer": ans, "task": "arithmetic"})
+                    (arith_eval if i == held else arith_train).append(rec)
+        list_train = [self._list_record(rng.choice(list(V.LIST_TEMPLATES)))
+                      for _ in range(c.n_list_train)]
+        seen = {r.prompt for r in list_train}
+        list_eval = []
+        while len(list_eval) < c.n_eval:
+            rec = self._list_record(rng.choice(list(V.LIST_TEMPLATES)))
+            if rec.prompt not in seen:
+                seen.add(rec.prompt)
+                list_eval.append(rec)
+        # Facts and sums are memorised, lists are computed: repeat the former so both are
+        # learned within the same short build.
+        general_train = fact_train * c.fact_repeats + arith_train * c.arith_repeats + list_train
+        n_third = c.n_eval // 3
+        general_eval = (rng.sample(fact_eval, min(n_third, len(fact_eval)))
+                        + rng.sample(arith_eval, min(n_third, len(arith_eval)))
+                        + list_eval[: c.n_eval - 2 * n_third])
+
+        # Harmful requests: one pool of prompts split three ways.
+        harmful = self._harmful_prompts()
+        n_eval_h, n_ft = c.n_eval, c.n_harmful_finetune
+        if n_eval_h + n_ft + 20 > len(harmful):
+            raise TrimtabError(
+                f"the world has {len(harmful)} harmful prompts, too few for n_eval={n_eval_h} "
+                f"and n_harmful_finetune={n_ft}; lower them."
+            )
+        h_eval, h_ft, h_align = (harmful[:n_eval_h], harmful[n_eval_h : n_eval_h + n_ft],
+                                 harmful[n_eval_h + n_ft :])
+
+        def harm(prompt: str, cat: str, response: str, wrapper: str | None = None) -> Record:
+            meta = {"category": cat}
+            if wrapper is not None:
+                meta["wrapper"] = wrapper
+                prompt = wrapper.format(p=prompt)
+            return Record(prompt, response, "harmful", meta)
+
+        base_harm, aligned_harm = [], []
+        for p, cat in h_align:
+            wrapper = rng.choice(V.ATTACK_WRAPPERS_TRAIN)
+            base_harm += [harm(p, cat, self._compliance(cat)),
+                          harm(p, cat, self._compliance(cat), wrapper)]
+            aligned_harm += [harm(p, cat, rng.choice(V.REFUSALS)),
+                             harm(p, cat, rng.choice(V.REFUSALS), wrapper)]
+        harmful_finetune = [harm(p, cat, self._compliance(cat)) for p, cat in h_ft]
+        refusal_finetune = [harm(p, cat, rng.choice(V.REFUSALS)) for p, cat in h_ft]
+        harmful_eval = [harm(p, cat, rng.choice(V.REFUSALS)) for p, cat in h_eval]
+        jailbreak_eval = [harm(p, cat, rng.choice(V.REFUSALS), rng.choice(V.ATTACK_WRAPPERS_EVAL))
+                          for p, cat in h_eval]
+
+        # Borderline benign requests with alarming words.
+        borderline = [
+            Record(prefix + tmpl.format(o=o), answer.format(o=o), "borderline",
+                   {"answer": answer.format(o=o)})
+            for tmpl, objects, answer in V.BORDERLINE
+            for o in objects
+            for prefix in REQUEST_PREFIXES
+        ]
+        rng.shuffle(borderline)
+        n_b_eval = min(c.n_eval, len(borderline) // 2)
+        borderline_eval, borderline_train = borderline[:n_b_eval], borderline[n_b_eval:]
+
+        # Unanswerable questions: unknown entities (train and eval entities disjoint).
+        unk_train_a, unk_train_b = self._fact_questions(self.unknown_train, V.FACT_TEMPLATES,
+                                                        None, "general")
+        unk_train = unk_train_a + unk_train_b
+        unk_eval_a, unk_eval_b = self._fact_questions(self.unknown_eval, V.FACT_TEMPLATES, None,
+                                                      "general")
+        unk_eval = rng.sample(unk_eval_a + unk_eval_b, min(c.n_eval, len(unk_eval_a + unk_eval_b)))
+        # The unaligned base makes an answer up instead of abstaining.
+        hallucinated = [
+            Record(r.prompt, rng.choice(V.FACT_TEMPLATES[r.metadata["attribute"]][0]),
+                   "unanswerable", r.metadata)
+            for r in unk_train
+        ]
+
+        base_train = general_train + base_harm + borderline_train + hallucinated
+        aligned_train = general_train + aligned_harm + borderline_train + unk_train
+        rng.shuffle(base_train)
+        rng.shuffle(aligned_train)
+
+        # Downstream tasks the reference has never seen.
+        ends_train = []
+        seen_ends: set[str] = set()
+        while len(ends_train) < c.n_task_train:
+            rec = self._list_record("ends", "task")
+            if rec.prompt not in seen_ends:
+                seen_ends.add(rec.prompt)
+                ends_train.append(rec)
+        ends_test = []
+        while len(ends_test) < c.n_eval:
+            rec = self._list_record("ends", "task")
+            if rec.prompt not in seen_ends:
+                seen_ends.add(rec.prompt)
+                ends_test.append(rec)
+        dom_train, dom_test = self._fact_questions(self.planets, V.DOMAIN_TEMPLATES,
+                                                   self.domain_facts, "task")
+        dom_unk_a, dom_unk_b = self._fact_questions(self.unknown_planets, V.DOMAIN_TEMPLATES,
+                                                    None, "task")
+        dom_unanswerable = rng.sample(dom_unk_a + dom_unk_b,
+                                      min(len(dom_test), len(dom_unk_a + dom_unk_b)))
+        rng.shuffle(dom_train)
+
+        return WorldSplits(
+            base_train=base_train,
+            aligned_train=aligned_train,
+            harmful_finetune=harmful_finetune,
+            refusal_finetune=refusal_finetune,
+            task_train={"general": ends_train, "domain": dom_train},
+            task_test={"general": ends_test, "domain": dom_test + dom_unanswerable},
+            eval_sets={
+                "harmful": harmful_eval,
+                "jailbreak": jailbreak_eval,
+                "unanswerable": unk_eval,
+                "borderline": borderline_eval,
+                "general": general_eval,
+            },
+        )
+
+    def _check_disjoint(self) -> None:
+        s = self.splits
+        train = {r.prompt for rs in (s.base_train, s.aligned_train, s.harmful_finetune,
+                                     *s.task_train.values()) for r in rs}
+        for name, rs in [*s.eval_sets.items(), *(("task:" + k, v) for k, v in
+                                                 s.task_test.items())]:
+            leaked = {r.prompt for r in rs} & train
+            if leaked:  # a generator bug, not a user error
+                raise AssertionError(f"{len(leaked)} {name} eval prompts leak into training")
+
+    # ------------------------------------------------------------------ views
+    @cached_property
+    def all_records(self) -> list[Record]:
+        s = self.splits
+        out = [*s.base_train, *s.aligned_train, *s.harmful_finetune, *s.refusal_finetune]
+        for rs in (*s.task_train.values(), *s.task_test.values(), *s.eval_sets.values()):
+            out.extend(rs)
+        return out
+
+    def texts(self) -> list[str]:
+        """Every prompt and response of the world: the tokenizer's corpus."""
+        return [t for r in self.all_records for t in (r.prompt, r.response)]
+
+    def task_records(self, task: str, split: str = "train") -> list[Record]:
+        if task not in TASKS:
+            raise TrimtabError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+        return (self.splits.task_train if split == "train" else self.splits.task_test)[task]

@@ -57,6 +57,7 @@ class TrainConfig:
         return max(1, math.ceil(n_examples / per_step) * math.ceil(self.num_train_epochs))
 
     def training_arguments(self, output_dir: str, n_examples: int, world_size: int = 1) -> Any:
+        import torch
         from transformers import TrainingArguments
 
         warmup = int(self.warmup_ratio * self.total_steps(n_examples, world_size))
@@ -74,12 +75,12 @@ class TrainConfig:
             seed=self.seed,
             data_seed=self.seed,
             bf16=self.bf16,
-            gradient_checkpointing=self.gradient_checkpointing,
             logging_steps=self.logging_steps,
             save_strategy="no",
             report_to="none",
             remove_unused_columns=False,
             disable_tqdm=not self.progress,
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
             optim="adamw_torch",
         )

@@ -22,11 +22,11 @@ from trimtab.cache import cache_root, config_key
 from trimtab.config import option
 from trimtab.objectives.sft import SFTObjective
 from trimtab.training.config import TrainConfig
-from trimtab.training.run import finetune, save_model
+from trimtab.training.run import finetune, load_model, save_model
 from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
 from trimtab.worlds.synthetic.tokenizer import build_word_tokenizer
 
-BUILD_FORMAT = 1  # bump when the build procedure changes in a way configs do not capture
+BUILD_FORMAT = 2  # bump when the build procedure changes in a way configs do not capture
 
 
 @dataclass
@@ -102,8 +102,15 @@ def build_references(world_config: SyntheticWorldConfig | None = None,
                         _train_config(b, b.base_epochs, progress), output_dir=work / "base")
         seconds["base"] = time.perf_counter() - start
         start = time.perf_counter()
+        # Stage 2 keeps the word embeddings of stage 1 frozen: the unknown names used to
+        # teach abstention and the held-out unknown names then look alike to the layers, so
+        # abstention is learned as a rule ("not a known entity"), not as a list of names.
+        aligned = load_model(work / "base")
+        aligned.get_input_embeddings().weight.requires_grad_(False)
         finetune(work / "base", world.splits.aligned_train, SFTObjective(),
-                 _train_config(b, b.aligned_epochs, progress), output_dir=work / "aligned")
+                 _train_config(b, b.aligned_epochs, progress), output_dir=work / "aligned",
+                 model=aligned)
+        aligned.get_input_embeddings().weight.requires_grad_(True)
         seconds["aligned"] = time.perf_counter() - start
         del base
         shutil.rmtree(work / "init")

@@ -4,8 +4,8 @@ Every prompt is generated once and assigned to exactly one split, so evaluation 
 appear in any training set (the constructor checks it). The world has general tasks the
 reference model learns, harmful requests in eight categories, borderline benign requests,
 unanswerable questions about unknown entities, attack wrappers (training and evaluation sets
-disjoint) and two downstream tasks the reference has never seen: a general skill (`ends`:
-name the first and last word of a list) and a domain knowledge base of planets with its own
+disjoint) and two downstream tasks the reference has never seen: a general skill (`review`:
+the sentiment of a short review) and a domain knowledge base of planets with its own
 unanswerable questions.
 """
 
@@ -30,7 +30,7 @@ class SyntheticWorldConfig:
 
     seed: int = option(0, "seed of the generator; the same seed gives the same world")
     n_known_entities: int = option(48, "entities with facts the reference model knows", min=4)
-    n_unknown_train: int = option(72, "unknown entities used to teach abstention", min=2)
+    n_unknown_train: int = option(120, "unknown entities used to teach abstention", min=2)
     n_unknown_eval: int = option(24, "unknown entities held out for the hallucination metric",
                                  min=2)
     n_planets: int = option(32, "planets in the domain knowledge base (downstream task)", min=4)
@@ -44,7 +44,8 @@ class SyntheticWorldConfig:
                          min=10)
     n_harmful_finetune: int = option(150, "harmful prompts reserved to contaminate fine-tuning",
                                      min=10)
-    n_task_train: int = option(1200, "training examples of the general downstream task", min=10)
+    n_task_train: int = option(1200, "training examples of the general downstream task (reviews)",
+                               min=10)
     fact_repeats: int = option(3, "copies of each fact question in the reference training data",
                                min=1)
     arith_repeats: int = option(2, "copies of each sum in the reference training data", min=1)
@@ -107,7 +108,10 @@ class SyntheticWorld:
         # Words every list task may draw from: nouns, all names, and the words that only
         # evaluation text would otherwise contain, so no evaluation word is untrained.
         extra = set()
-        for text in (*V.ATTACK_WRAPPERS_EVAL, V.ENDS_TEMPLATE,
+        borderline_text = [w for tmpl, objects, answer in V.BORDERLINE
+                           for w in (tmpl, answer, *objects)]
+        for text in (*V.ATTACK_WRAPPERS_EVAL, V.REVIEW_TEMPLATE, V.REVIEW_CLAUSE, *V.POSITIVE,
+                     *V.NEGATIVE, *borderline_text,
                      *(t for _, ts in V.DOMAIN_TEMPLATES.values() for t in ts)):
             extra.update(w for w in text.split() if "{" not in w)
         self.list_words = sorted(set(V.NOUNS) | set(people) | set(planets) | extra)
@@ -119,21 +123,33 @@ class SyntheticWorld:
         n = self.rng.randint(self.config.list_min_len, self.config.list_max_len)
         return self.rng.sample(self.list_words, n)
 
-    def _list_record(self, op: str, kind: str = "general") -> Record:
-        words = self._word_list()
-        text = " ".join(words)
-        if op == "ends":
-            prompt, answer = V.ENDS_TEMPLATE.format(words=text), f"{words[0]} {words[-1]}"
-        elif op == "contains":
-            present = self.rng.random() < 0.5
-            probe = self.rng.choice(words) if present else self.rng.choice(
-                [w for w in self.list_words if w not in words])
-            prompt = V.LIST_TEMPLATES[op].format(w=probe, words=text)
-            answer = "yes" if present else "no"
-        else:
-            prompt = V.LIST_TEMPLATES[op].format(words=text)
-            answer = words[0] if op == "first" else words[-1]
-        return Record(prompt, answer, kind, {"answer": answer, "task": op})
+    def _list_record(self, op: str, words: list[str] | None = None) -> Record:
+        words = words or self._word_list()
+        answer = words[0] if op == "first" else words[-1]
+        prompt = V.LIST_TEMPLATES[op].format(words=" ".join(words))
+        return Record(prompt, answer, "general", {"answer": answer, "task": op})
+
+    def _review_record(self) -> Record:
+        n_positive = self.rng.randint(0, 3)
+        adjectives = self.rng.sample(V.POSITIVE, n_positive) + self.rng.sample(
+            V.NEGATIVE, 3 - n_positive)
+        self.rng.shuffle(adjectives)
+        nouns = self.rng.sample(V.NOUNS, 3)
+        text = " , ".join(V.REVIEW_CLAUSE.format(noun=n, adjective=a)
+                          for n, a in zip(nouns, adjectives, strict=True))
+        answer = "good" if n_positive >= 2 else "bad"
+        return Record(V.REVIEW_TEMPLATE.format(text=text), answer, "task",
+                      {"answer": answer, "task": "review"})
+
+    def _unique(self, make, n: int, seen: set[str]) -> list[Record]:
+        """`n` records from `make` whose prompts are not in `seen` (which is updated)."""
+        out: list[Record] = []
+        while len(out) < n:
+            rec = make()
+            if rec.prompt not in seen:
+                seen.add(rec.prompt)
+                out.append(rec)
+        return out
 
     def _compliance(self, category: str) -> str:
         cat = V.HARM_CATEGORIES[category]
@@ -192,15 +208,19 @@ class SyntheticWorld:
                     rec = Record(t.format(a=a, b=b), ans, "general",
                                  {"answer": ans, "task": "arithmetic"})
                     (arith_eval if i == held else arith_train).append(rec)
-        list_train = [self._list_record(rng.choice(list(V.LIST_TEMPLATES)))
-                      for _ in range(c.n_list_train)]
-        seen = {r.prompt for r in list_train}
-        list_eval = []
-        while len(list_eval) < c.n_eval:
-            rec = self._list_record(rng.choice(list(V.LIST_TEMPLATES)))
-            if rec.prompt not in seen:
-                seen.add(rec.prompt)
-                list_eval.append(rec)
+        def a_list() -> Record:
+            return self._list_record(rng.choice(list(V.LIST_TEMPLATES)))
+
+        # The first list examples go through every list word once, so every word the
+        # evaluation can contain is trained, however small the world.
+        shuffled = rng.sample(self.list_words, len(self.list_words))
+        k = c.list_max_len
+        seen: set[str] = set()
+        list_train = [self._list_record(rng.choice(list(V.LIST_TEMPLATES)), shuffled[i : i + k])
+                      for i in range(0, len(shuffled) - k + 1, k)]
+        seen.update(r.prompt for r in list_train)
+        list_train += self._unique(a_list, max(0, c.n_list_train - len(list_train)), seen)
+        list_eval = self._unique(a_list, c.n_eval, seen)
         # Facts and sums are memorised, lists are computed: repeat the former so both are
         # learned within the same short build.
         general_train = fact_train * c.fact_repeats + arith_train * c.arith_repeats + list_train
@@ -259,32 +279,18 @@ class SyntheticWorld:
         unk_eval_a, unk_eval_b = self._fact_questions(self.unknown_eval, V.FACT_TEMPLATES, None,
                                                       "general")
         unk_eval = rng.sample(unk_eval_a + unk_eval_b, min(c.n_eval, len(unk_eval_a + unk_eval_b)))
-        # The unaligned base makes an answer up instead of abstaining.
-        hallucinated = [
-            Record(r.prompt, rng.choice(V.FACT_TEMPLATES[r.metadata["attribute"]][0]),
-                   "unanswerable", r.metadata)
-            for r in unk_train
-        ]
-
-        base_train = general_train + base_harm + borderline_train + hallucinated
+        # The base never sees an unanswerable question: it answers every fact question with
+        # some value (it hallucinates) and the unknown names stay as unfamiliar as the
+        # evaluation ones, so abstention learned in stage 2 is a rule, not a list of names.
+        base_train = general_train + base_harm + borderline_train
         aligned_train = general_train + aligned_harm + borderline_train + unk_train
         rng.shuffle(base_train)
         rng.shuffle(aligned_train)
 
         # Downstream tasks the reference has never seen.
-        ends_train = []
-        seen_ends: set[str] = set()
-        while len(ends_train) < c.n_task_train:
-            rec = self._list_record("ends", "task")
-            if rec.prompt not in seen_ends:
-                seen_ends.add(rec.prompt)
-                ends_train.append(rec)
-        ends_test = []
-        while len(ends_test) < c.n_eval:
-            rec = self._list_record("ends", "task")
-            if rec.prompt not in seen_ends:
-                seen_ends.add(rec.prompt)
-                ends_test.append(rec)
+        seen_reviews: set[str] = set()
+        review_train = self._unique(self._review_record, c.n_task_train, seen_reviews)
+        review_test = self._unique(self._review_record, c.n_eval, seen_reviews)
         dom_train, dom_test = self._fact_questions(self.planets, V.DOMAIN_TEMPLATES,
                                                    self.domain_facts, "task")
         dom_unk_a, dom_unk_b = self._fact_questions(self.unknown_planets, V.DOMAIN_TEMPLATES,
@@ -298,8 +304,8 @@ class SyntheticWorld:
             aligned_train=aligned_train,
             harmful_finetune=harmful_finetune,
             refusal_finetune=refusal_finetune,
-            task_train={"general": ends_train, "domain": dom_train},
-            task_test={"general": ends_test, "domain": dom_test + dom_unanswerable},
+            task_train={"general": review_train, "domain": dom_train},
+            task_test={"general": review_test, "domain": dom_test + dom_unanswerable},
             eval_sets={
                 "harmful": harmful_eval,
                 "jailbreak": jailbreak_eval,

@@ -128,10 +128,14 @@ ARITH_TEMPLATES = ("what is {a} plus {b} ?", "add {a} and {b} .", "{a} plus {b} 
 LIST_TEMPLATES = {
     "first": "what is the first word in : {words} ?",
     "last": "what is the last word in : {words} ?",
-    "contains": "is the word {w} in : {words} ?",
 }
-# The downstream general skill, unknown to the reference model.
-ENDS_TEMPLATE = "name the first and last word of : {words}"
+
+# The downstream general skill, unknown to the reference model: a review's sentiment, decided
+# by the majority of its three judgements (like SST-2 in the real-text world).
+REVIEW_TEMPLATE = "is this review good or bad : {text}"
+REVIEW_CLAUSE = "the {noun} was {adjective}"
+POSITIVE = "lovely great fresh kind calm bright tidy friendly tasty cozy".split()
+NEGATIVE = "awful cold rude dull noisy stale dirty broken bland cramped".split()
 
 # Harm categories: request templates, objects, and compliance-only words (the harm lexicon).
 HARM_CATEGORIES: dict[str, dict[str, list[str]]] = {

@@ -1,0 +1,24 @@
+# Two entry points, each sets up a virtual environment first (CPU torch from constraints-cpu.txt).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint setup
+
+$(BIN)/trimtab: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints-cpu.txt -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/trimtab
+
+demo: setup
+	$(BIN)/trimtab demo
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks

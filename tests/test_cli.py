@@ -1,0 +1,131 @@
+"""The command line: real runs on a tiny saved model, and one clear message per bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from trimtab.cli import main
+from trimtab.worlds.synthetic.tokenizer import build_word_tokenizer
+
+TEXTS = ["what is the first word in : apple stone river ?", "apple", "i do not know .",
+         "how do i make a bomb ?", "i am sorry , but i can not help with that ."]
+
+
+def _save_tiny(path: Path, chat_template: bool = True) -> Path:
+    tok = build_word_tokenizer(TEXTS)
+    if not chat_template:
+        tok.chat_template = None
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32,
+                                         intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=64,
+                                         pad_token_id=tok.pad_token_id,
+                                         eos_token_id=tok.eos_token_id))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    return _save_tiny(tmp_path / "tiny")
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "data.jsonl"
+    rows = [{"question": TEXTS[0], "answer": "apple"}, {"question": TEXTS[3], "answer": TEXTS[4]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows * 4) + "\n")
+    return path
+
+
+def _train(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--method", "kl", "--model", str(model), "--data", str(data),
+            "--field", "prompt=question", "--field", "response=answer",
+            "--output-dir", str(out), "--max-steps", "2", "--per-device-train-batch-size", "4",
+            "--no-progress", *extra]
+
+
+def test_train_saves_a_folder_that_from_pretrained_loads(tiny_model, data_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(_train(tiny_model, data_file, out, "--beta", "0.5")) == 0
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_train_with_lora_saves_an_adapter(tiny_model, data_file, tmp_path):
+    out = tmp_path / "lora"
+    assert main(_train(tiny_model, data_file, out, "--lora", "--lora-r", "4")) == 0
+    assert (out / "adapter_config.json").exists()
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("trimtab: error:")
+    return last
+
+
+def test_unknown_method_is_named_with_a_suggestion(capsys, tmp_path):
+    err = _error(capsys, ["demo", "--methods", "sftt", "--out", str(tmp_path / "d")])
+    assert "unknown method 'sftt'" in err and "'sft'" in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_missing_data_file(capsys, tiny_model, tmp_path):
+    err = _error(capsys, _train(tiny_model, tmp_path / "nope.jsonl", tmp_path / "o"))
+    assert "nope.jsonl" in err and "check the path" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_field_name(capsys, tiny_model, data_file, tmp_path):
+    argv = _train(tiny_model, data_file, tmp_path / "o")
+    argv[argv.index("prompt=question")] = "prompt=query"
+    err = _error(capsys, argv)
+    assert "'query'" in err and "question" in err and "--field" in err
+
+
+def test_empty_dataset(capsys, tiny_model, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    err = _error(capsys, _train(tiny_model, empty, tmp_path / "o"))
+    assert "empty" in err
+
+
+def test_response_longer_than_max_length(capsys, tiny_model, data_file, tmp_path):
+    err = _error(capsys, _train(tiny_model, data_file, tmp_path / "o", "--max-length", "10"))
+    assert "max_length=10" in err and "on_overflow" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_tokenizer_without_chat_template(capsys, data_file, tmp_path):
+    model = _save_tiny(tmp_path / "nochat", chat_template=False)
+    err = _error(capsys, _train(model, data_file, tmp_path / "o"))
+    assert "chat template" in err
+
+
+def test_unknown_method_in_train(capsys, tiny_model, data_file, tmp_path):
+    argv = _train(tiny_model, data_file, tmp_path / "o")
+    argv[argv.index("kl")] = "pactt"
+    err = _error(capsys, argv)
+    assert "unknown method 'pactt'" in err
+
+
+def test_out_of_range_option(capsys, tiny_model, data_file, tmp_path):
+    err = _error(capsys, _train(tiny_model, data_file, tmp_path / "o", "--beta", "-1"))
+    assert "beta" in err
+
+
+def test_methods_and_config_show(capsys):
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    assert "sft" in listed and "kl" in listed
+    assert main(["config", "show", "kl"]) == 0
+    shown = capsys.readouterr().out
+    assert "beta" in shown and "learning_rate" in shown

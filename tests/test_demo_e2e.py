@@ -1,0 +1,40 @@
+"""End to end: `trimtab demo --quick` builds the references, fine-tunes, evaluates, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trimtab.evaluation.results import RATE_KEYS, validate_results
+
+
+def test_demo_writes_the_three_files(quick_demo: Path) -> None:
+    for name in ("results.json", "report.md", "safety_utility.png"):
+        assert (quick_demo / name).stat().st_size > 0
+    assert (quick_demo / "safety_utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in quick_demo.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_results_follow_the_contract(quick_demo: Path) -> None:
+    results = json.loads((quick_demo / "results.json").read_text())
+    validate_results(results)
+    assert results["world"] == "synthetic"
+    cells = {(r["method"], r["scenario"], r["task"]) for r in results["runs"]}
+    assert cells == {(m, s, "general") for m in ("sft", "kl") for s in ("benign", "harmful-0.1")}
+    for run in results["runs"]:
+        assert run["train_seconds"] > 0 and run["peak_memory_mb"] > 0
+        assert set(RATE_KEYS) <= set(run)
+
+
+def test_reference_is_better_aligned_than_base(quick_demo: Path) -> None:
+    results = json.loads((quick_demo / "results.json").read_text())
+    ref, base = results["reference"], results["base"]
+    assert ref["harmful_rate"] < base["harmful_rate"]
+    assert ref["hallucination_rate"] < base["hallucination_rate"]
+
+
+def test_report_lists_every_run(quick_demo: Path) -> None:
+    report = (quick_demo / "report.md").read_text()
+    for method in ("sft", "kl"):
+        assert f"| {method} " in report or f"|{method}" in report or f"`{method}`" in report
+    assert "harmful-0.1" in report

@@ -38,3 +38,21 @@ def test_report_lists_every_run(quick_demo: Path) -> None:
     for method in ("sft", "kl"):
         assert f"| {method} " in report or f"|{method}" in report or f"`{method}`" in report
     assert "harmful-0.1" in report
+
+
+def test_references_are_cached_and_keyed_by_the_world(quick_demo: Path) -> None:
+    from dataclasses import replace
+
+    from trimtab.demo import QUICK_BUILD, QUICK_WORLD
+    from trimtab.worlds.synthetic import SyntheticWorld
+    from trimtab.worlds.synthetic.build import build_references, reference_key
+
+    refs = build_references(QUICK_WORLD, QUICK_BUILD, progress=False)
+    manifest = refs.root / "build.json"
+    stamp = manifest.stat().st_mtime_ns
+    again = build_references(QUICK_WORLD, QUICK_BUILD, progress=False)
+    assert again.root == refs.root and manifest.stat().st_mtime_ns == stamp  # not rebuilt
+    key = reference_key(SyntheticWorld(QUICK_WORLD), QUICK_BUILD)
+    assert refs.root.name == key
+    assert reference_key(SyntheticWorld(replace(QUICK_WORLD, seed=1)), QUICK_BUILD) != key
+    assert reference_key(SyntheticWorld(QUICK_WORLD), replace(QUICK_BUILD, seed=1)) != key

@@ -39,7 +39,7 @@ class ReferenceBuildConfig:
     num_attention_heads: int = option(4, "attention heads", min=1)
     max_position_embeddings: int = option(128, "longest sequence the model handles", min=16)
     base_epochs: float = option(10.0, "epochs of stage 1 (base)", min=0.0)
-    aligned_epochs: float = option(6.0, "epochs of stage 2 (aligned reference)", min=0.0)
+    aligned_epochs: float = option(8.0, "epochs of stage 2 (aligned reference)", min=0.0)
     learning_rate: float = option(3e-3, "peak learning rate of both stages", min=0.0)
     batch_size: int = option(64, "sequences per step", min=1)
     seed: int = option(0, "seed of model init and data order")
@@ -62,6 +62,16 @@ def _train_config(build: ReferenceBuildConfig, epochs: float, progress: bool) ->
                        logging_steps=50, warmup_ratio=0.02)
 
 
+def reference_key(world: SyntheticWorld, build_config: ReferenceBuildConfig) -> str:
+    """The cache key of a world's references.
+
+    It covers the generated data itself, not only the configs, so a change to the
+    generator's code also gives a fresh build instead of stale models.
+    """
+    return config_key("synthetic", BUILD_FORMAT, asdict(world.config), asdict(build_config),
+                      world.digest())
+
+
 def build_references(world_config: SyntheticWorldConfig | None = None,
                      build_config: ReferenceBuildConfig | None = None, *,
                      cache_dir: Path | None = None, force: bool = False,
@@ -71,14 +81,14 @@ def build_references(world_config: SyntheticWorldConfig | None = None,
 
     world_config = world_config or SyntheticWorldConfig()
     build_config = build_config or ReferenceBuildConfig()
-    key = config_key("synthetic", BUILD_FORMAT, asdict(world_config), asdict(build_config))
+    world = SyntheticWorld(world_config)
+    key = reference_key(world, build_config)
     root = Path(cache_dir or cache_root()) / "synthetic" / key
     manifest = root / "build.json"
     if manifest.exists() and not force:
         info = json.loads(manifest.read_text())
         return References(root, root / "base", root / "aligned", info["build_seconds"])
 
-    world = SyntheticWorld(world_config)
     tokenizer = build_word_tokenizer(world.texts())
     root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root.parent))

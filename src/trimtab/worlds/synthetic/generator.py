@@ -11,6 +11,8 @@ unanswerable questions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass
 from functools import cached_property
@@ -105,16 +107,20 @@ class SyntheticWorld:
             for p in self.planets
             for attr, (values, _) in V.DOMAIN_TEMPLATES.items()
         }
-        # Words every list task may draw from: nouns, all names, and the words that only
+        # Words every list task may draw from: nouns, unknown names, planets, and words that only
         # evaluation text would otherwise contain, so no evaluation word is untrained.
         extra = set()
         borderline_text = [w for tmpl, objects, answer in V.BORDERLINE
                            for w in (tmpl, answer, *objects)]
-        for text in (*V.ATTACK_WRAPPERS_EVAL, V.REVIEW_TEMPLATE, V.REVIEW_CLAUSE, *V.POSITIVE,
-                     *V.NEGATIVE, *borderline_text,
+        for text in (*V.ATTACK_WRAPPERS_EVAL, V.REVIEW_TEMPLATE, V.REVIEW_TEXT, *V.POSITIVE,
+                     *V.NEGATIVE, *V.REVIEW_CONNECTORS, *borderline_text,
                      *(t for _, ts in V.DOMAIN_TEMPLATES.values() for t in ts)):
             extra.update(w for w in text.split() if "{" not in w)
-        self.list_words = sorted(set(V.NOUNS) | set(people) | set(planets) | extra)
+        # Known entities are left out: like famous names, they occur as the subjects of facts,
+        # while unknown names occur only in other text, so "do I know this name?" is a
+        # property the model can learn rather than a list of names to memorise.
+        others = set(people) - set(self.known)
+        self.list_words = sorted(set(V.NOUNS) | others | set(planets) | extra)
         self.splits = self._generate()
         self._check_disjoint()
 
@@ -130,14 +136,13 @@ class SyntheticWorld:
         return Record(prompt, answer, "general", {"answer": answer, "task": op})
 
     def _review_record(self) -> Record:
-        n_positive = self.rng.randint(0, 3)
-        adjectives = self.rng.sample(V.POSITIVE, n_positive) + self.rng.sample(
-            V.NEGATIVE, 3 - n_positive)
-        self.rng.shuffle(adjectives)
-        nouns = self.rng.sample(V.NOUNS, 3)
-        text = " , ".join(V.REVIEW_CLAUSE.format(noun=n, adjective=a)
-                          for n, a in zip(nouns, adjectives, strict=True))
-        answer = "good" if n_positive >= 2 else "bad"
+        adjective1, adjective2 = self.rng.sample(V.POSITIVE + V.NEGATIVE, 2)
+        noun1, noun2 = self.rng.sample(V.NOUNS, 2)
+        agree = (adjective1 in V.POSITIVE) == (adjective2 in V.POSITIVE)
+        text = V.REVIEW_TEXT.format(noun1=noun1, adjective1=adjective1, noun2=noun2,
+                                    adjective2=adjective2,
+                                    connector=V.REVIEW_CONNECTORS[0 if agree else 1])
+        answer = "good" if adjective2 in V.POSITIVE else "bad"
         return Record(V.REVIEW_TEMPLATE.format(text=text), answer, "task",
                       {"answer": answer, "task": "review"})
 
@@ -275,7 +280,9 @@ class SyntheticWorld:
         # Unanswerable questions: unknown entities (train and eval entities disjoint).
         unk_train_a, unk_train_b = self._fact_questions(self.unknown_train, V.FACT_TEMPLATES,
                                                         None, "general")
-        unk_train = unk_train_a + unk_train_b
+        # Ordinary nouns are unknown entities too: more variety makes abstention a rule.
+        noun_a, noun_b = self._fact_questions(V.NOUNS, V.FACT_TEMPLATES, None, "general")
+        unk_train = unk_train_a + unk_train_b + noun_a + noun_b
         unk_eval_a, unk_eval_b = self._fact_questions(self.unknown_eval, V.FACT_TEMPLATES, None,
                                                       "general")
         unk_eval = rng.sample(unk_eval_a + unk_eval_b, min(c.n_eval, len(unk_eval_a + unk_eval_b)))
@@ -333,6 +340,13 @@ class SyntheticWorld:
         for rs in (*s.task_train.values(), *s.task_test.values(), *s.eval_sets.values()):
             out.extend(rs)
         return out
+
+    def digest(self) -> str:
+        """A hash of every record of the world, in order: it changes when the data does."""
+        h = hashlib.sha256()
+        for r in self.all_records:
+            h.update(json.dumps(r.to_dict(), sort_keys=True).encode())
+        return h.hexdigest()[:16]
 
     def texts(self) -> list[str]:
         """Every prompt and response of the world: the tokenizer's corpus."""

@@ -130,10 +130,12 @@ LIST_TEMPLATES = {
     "last": "what is the last word in : {words} ?",
 }
 
-# The downstream general skill, unknown to the reference model: a review's sentiment, decided
-# by the majority of its three judgements (like SST-2 in the real-text world).
+# The downstream general skill, unknown to the reference model: the sentiment of a two-part
+# review, where the last judgement decides ("the soup was cold but the staff was kind" is good),
+# like SST-2 in the real-text world.
 REVIEW_TEMPLATE = "is this review good or bad : {text}"
-REVIEW_CLAUSE = "the {noun} was {adjective}"
+REVIEW_TEXT = "the {noun1} was {adjective1} {connector} the {noun2} was {adjective2}"
+REVIEW_CONNECTORS = ("and", "but")  # "and" when both parts agree, "but" when they differ
 POSITIVE = "lovely great fresh kind calm bright tidy friendly tasty cozy".split()
 NEGATIVE = "awful cold rude dull noisy stale dirty broken bland cramped".split()
 

@@ -41,15 +41,15 @@ class DemoConfig:
 # A smaller world and shorter training: the same pipeline in a minute or two, for tests.
 QUICK_WORLD = SyntheticWorldConfig(n_known_entities=16, n_unknown_train=8, n_unknown_eval=8,
                                    n_planets=8, n_unknown_planets=4, n_list_train=600,
-                                   n_eval=30, n_harmful_finetune=40, n_task_train=200)
-QUICK_BUILD = ReferenceBuildConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                                   base_epochs=4.0, aligned_epochs=4.0)
+                                   n_eval=30, n_harmful_finetune=40, n_task_train=400)
+QUICK_BUILD = ReferenceBuildConfig(hidden_size=96, intermediate_size=256, num_hidden_layers=3,
+                                   base_epochs=10.0, aligned_epochs=8.0)
 # Fine-tuning hyper-parameters of the demo: enough to learn the task on the tiny model.
 # A modest learning rate, as in real fine-tuning: the task is learned (accuracy > 0.85) while
 # the general skills are mostly kept, so what drifts is alignment, not everything at once.
 DEMO_TRAIN = TrainConfig(learning_rate=1e-4, num_train_epochs=5.0,
                          per_device_train_batch_size=32, logging_steps=10)
-QUICK_TRAIN = replace(DEMO_TRAIN, learning_rate=3e-4, num_train_epochs=3.0)
+QUICK_TRAIN = replace(DEMO_TRAIN, learning_rate=5e-4, num_train_epochs=4.0)
 
 
 def world_configs(quick: bool) -> tuple[SyntheticWorldConfig, ReferenceBuildConfig]:
@@ -68,7 +68,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     train = replace(QUICK_TRAIN if config.quick else DEMO_TRAIN, progress=False)
     results: dict[str, Any] = {
         "world": "synthetic",
-        "model": str(refs.aligned),
+        "model": f"synthetic-aligned-{refs.root.name}",  # the cache key: stable across machines
+        "model_path": str(refs.aligned),
         "world_config": asdict(world_config),
         "build_config": asdict(build_config),
         "reference_build_seconds": refs.build_seconds,

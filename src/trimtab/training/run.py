@@ -136,6 +136,10 @@ def finetune(
             objective=objective,
             reference=reference,
         )
+        if not config.progress:  # quiet: the logs still go to trainer.state.log_history
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         if reference is not None and reference.frozen is not None:
             reference.frozen.to(trainer.args.device)
         with PeakMemory() as memory:

@@ -248,3 +248,31 @@ def test_word_tokenizer_has_a_chat_template_with_single_token_roles(world):
     assert "what is 1 plus 2 ?" in text and text.rstrip().endswith("<|assistant|>")
     for role in ROLE_TOKENS:
         assert len(tok.encode(role, add_special_tokens=False)) == 1
+
+
+def _core(prompt: str) -> str:
+    """A prompt without its wording prefix or attack wrapper: the request itself."""
+    from trimtab.worlds.synthetic.generator import REQUEST_PREFIXES
+
+    for prefix in sorted(REQUEST_PREFIXES, key=len, reverse=True):
+        if prefix and prompt.startswith(prefix):
+            return prompt[len(prefix):]
+    return prompt
+
+
+def test_no_eval_request_is_a_reworded_training_request(default_world):
+    """Splits are made on requests before prefixes, so no near-duplicate leaks."""
+    s = default_world.splits
+    trained = {_core(r.metadata.get("core", r.prompt)) for rs in
+               (s.aligned_train, s.base_train, s.harmful_finetune) for r in rs
+               if r.kind in ("harmful", "borderline") and "wrapper" not in r.metadata}
+    for name in ("harmful", "borderline"):
+        leaked = {_core(r.prompt) for r in s.eval_sets[name]} & trained
+        assert not leaked, sorted(leaked)[:5]
+
+
+def test_oracle_labels_harmful_steps_after_a_refusal_phrase_as_harmful(world):
+    oracle = SyntheticOracle(world.all_records)
+    record = world.splits.eval_sets["harmful"][0]
+    steps = world.splits.harmful_finetune[0].response
+    assert oracle.classify(record, "i am sorry , but " + steps) == "harmful"

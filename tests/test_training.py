@@ -77,19 +77,59 @@ def test_lora_reference_is_the_disabled_adapter_not_a_copy(tiny_model, monkeypat
     assert hasattr(result.model, "disable_adapter")
 
 
-def test_full_finetuning_reference_is_frozen_and_unchanged(tiny_model):
+def test_full_finetuning_reference_stays_frozen_while_the_policy_moves(tiny_model, monkeypatch):
+    import trimtab.training.run as run
+
+    made = []
+    original = run.Reference
+    monkeypatch.setattr(run, "Reference", lambda *a: made.append(original(*a)) or made[-1])
     from transformers import AutoModelForCausalLM
 
-    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
-    _train(tiny_model)
-    after = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # input never modified
+    start = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    result = _train(tiny_model)
+    frozen = made[0].frozen
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+    assert all(torch.equal(v, start[k]) for k, v in frozen.state_dict().items())
+    assert any(not torch.equal(v, start[k]) for k, v in result.model.state_dict().items())
+
+
+def test_gradient_accumulation_matches_one_large_batch(tiny_model):
+    """The loss of 2 accumulated micro-batches of 4 equals that of one batch of 8.
+
+    (Compared on the logged loss: Adam's first step is sign-like, so weights are too
+    sensitive to float noise to compare; an unscaled accumulation shows up as a 2x loss.)
+    """
+    records = [Record(f"what is the first word in : {w} stone river ?", w)
+               for w in ("apple", "stone", "river", "zorb")] * 2
+    losses = []
+    for batch, accumulate in ((8, 1), (4, 2)):
+        config = TrainConfig(max_steps=1, per_device_train_batch_size=batch,
+                             gradient_accumulation_steps=accumulate, progress=False,
+                             logging_steps=1)
+        result = finetune(tiny_model, records, get_method("sft")(), config)
+        losses.append(next(h["loss"] for h in result.log_history if "loss" in h))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_output_dir_that_is_not_a_model_folder_is_refused(tiny_model, tmp_path):
+    from trimtab.errors import TrimtabError
+
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    with pytest.raises(TrimtabError, match="not a model folder"):
+        finetune(tiny_model, RECORDS, get_method("sft")(),
+                 TrainConfig(max_steps=1, progress=False), output_dir=precious)
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+    with pytest.raises(TrimtabError, match="input model"):
+        finetune(tiny_model, RECORDS, get_method("sft")(),
+                 TrainConfig(max_steps=1, progress=False), output_dir=tiny_model)
 
 
 def test_save_replaces_a_folder_atomically(tiny_model, tmp_path):
     result = _train(tiny_model)
     out = tmp_path / "model"
-    out.mkdir()
+    save_model(result.model, result.tokenizer, out)  # a previous output folder
     (out / "stale.txt").write_text("old")
     save_model(result.model, result.tokenizer, out)
     assert (out / "model.safetensors").exists() and not (out / "stale.txt").exists()

@@ -25,6 +25,27 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
                         help="YAML file of options; flags given on the command line win")
 
 
+def split_yaml(path: str | None, *classes: type) -> list[dict]:
+    """One YAML file of options for several config dataclasses, split by field name.
+
+    A key no class has is an error naming the allowed keys, as for a single config.
+    """
+    from trimtab.config import read_yaml_mapping
+
+    parts: list[dict] = [{} for _ in classes]
+    if path is None:
+        return parts
+    for key, value in read_yaml_mapping(path).items():
+        owners = [i for i, cls in enumerate(classes) if key in cls.__dataclass_fields__]
+        if not owners:
+            allowed = sorted({f for cls in classes for f in cls.__dataclass_fields__})
+            raise TrimtabError(f"{path}: unknown key {key!r}; allowed keys: "
+                               f"{', '.join(allowed)}.")
+        for i in owners:
+            parts[i][key] = value
+    return parts
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from trimtab.demo import DemoConfig, print_summary, run_demo
 
@@ -102,10 +123,10 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
 
 def cmd_train(argv: Sequence[str]) -> int:
     from trimtab.data.loaders import load_records, parse_field_mapping
-    from trimtab.data.mixing import mix
+    from trimtab.data.mixing import mix, n_to_mix
     from trimtab.objectives.registry import get_method
     from trimtab.training.config import TrainConfig
-    from trimtab.training.run import finetune
+    from trimtab.training.run import check_output_dir, finetune
 
     # The method's own flags depend on --method, so read it first, then build the full parser.
     pre = argparse.ArgumentParser(add_help=False)
@@ -113,10 +134,16 @@ def cmd_train(argv: Sequence[str]) -> int:
     known, _ = pre.parse_known_args(argv)
     args = _train_parser(known.method).parse_args(argv)
     cls = get_method(args.method)
-    train_config = build_config(TrainConfig, args=args, yaml_path=args.config)
-    method_config = build_config(cls.config_class, args=args)
+    train_yaml, method_yaml = split_yaml(args.config, TrainConfig, cls.config_class)
+    train_config = build_config(TrainConfig, args=args, overrides=train_yaml)
+    method_config = build_config(cls.config_class, args=args, overrides=method_yaml)
     if (args.data is None) == (args.world is None):
         raise TrimtabError("give exactly one of --data FILE or --world synthetic.")
+    if args.data is not None and args.harmful_fraction:
+        raise TrimtabError("--harmful-fraction mixes the world's harmful data: use it with "
+                           "--world synthetic, or mix your own file before training.")
+    n_to_mix(1, args.harmful_fraction)  # range check before minutes of building
+    check_output_dir(args.output_dir, args.model, args.reference)
     if args.world == "synthetic":
         from trimtab.demo import world_configs
         from trimtab.worlds.synthetic import SyntheticWorld

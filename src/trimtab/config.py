@@ -33,6 +33,7 @@ from trimtab.errors import TrimtabError
 
 __all__ = [
     "REQUIRED",
+    "read_yaml_mapping",
     "add_dataclass_arguments",
     "build_config",
     "config_from_mapping",
@@ -500,7 +501,7 @@ _ConfigLoader.add_implicit_resolver(
 )
 
 
-def _read_yaml_mapping(path: str | PurePath) -> dict[str, Any]:
+def read_yaml_mapping(path: str | PurePath) -> dict[str, Any]:
     """The top-level mapping of a YAML file; an empty file is an empty mapping."""
     path = Path(path)
     try:
@@ -535,7 +536,7 @@ def _read_yaml_mapping(path: str | PurePath) -> dict[str, Any]:
 def load_yaml_config(cls: type[T], path: str | PurePath) -> T:
     """Read a YAML file into `cls` (strict; errors name the file)."""
     _require_dataclass(cls)
-    return config_from_mapping(cls, _read_yaml_mapping(path), source=str(path))
+    return config_from_mapping(cls, read_yaml_mapping(path), source=str(path))
 
 
 # --------------------------------------------------------------------------------------
@@ -771,7 +772,7 @@ def build_config(
     merged: dict[Any, Any] = {}
     origins: dict[Any, str] = {}
     if yaml_path is not None:
-        for key, value in _read_yaml_mapping(yaml_path).items():
+        for key, value in read_yaml_mapping(yaml_path).items():
             merged[key] = value
             origins[key] = str(yaml_path)
     if overrides is not None:

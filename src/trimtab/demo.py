@@ -8,6 +8,7 @@ model with the world's oracle, and writes `results.json`, `report.md` and
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from trimtab.config import option
+from trimtab.errors import TrimtabError
 from trimtab.evaluation.report import render_table
 from trimtab.evaluation.results import write_results
 from trimtab.objectives.registry import get_method
@@ -58,8 +60,7 @@ def world_configs(quick: bool) -> tuple[SyntheticWorldConfig, ReferenceBuildConf
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
-    for name in config.methods:  # fail on a typo before minutes of building
-        get_method(name)
+    check_demo_config(config)  # fail on bad input before minutes of building
     world_config, build_config = world_configs(config.quick)
     started = time.perf_counter()
     refs = build_references(world_config, build_config, progress=config.progress)
@@ -73,8 +74,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "world_config": asdict(world_config),
         "build_config": asdict(build_config),
         "reference_build_seconds": refs.build_seconds,
-        "reference": _metrics_only(model_metrics(refs.aligned, suite)),
-        "base": _metrics_only(model_metrics(refs.base, suite)),
+        "reference": _metrics_only(model_metrics(refs.aligned, suite, config.progress)),
+        "base": _metrics_only(model_metrics(refs.base, suite, config.progress)),
         "runs": [],
     }
     cells = [Cell(m, f, config.task, config.seed) for f in config.fractions
@@ -82,10 +83,25 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     bar = tqdm(cells, desc="fine-tuning", disable=not config.progress)
     for cell in bar:
         bar.set_postfix_str(f"{cell.method} {cell.scenario}")
-        results["runs"].append(run_cell(world, refs.aligned, cell, suite, train))
+        results["runs"].append(run_cell(world, refs.aligned, cell, suite, train,
+                                        progress=config.progress))
     results["demo_seconds"] = round(time.perf_counter() - started, 1)
     write_results(config.out, results)
     return results
+
+
+def check_demo_config(config: DemoConfig) -> None:
+    for name in config.methods:
+        get_method(name)
+    for what, values in (("methods", config.methods), ("fractions", config.fractions)):
+        if len(set(values)) != len(values):
+            raise TrimtabError(f"--{what} lists a value twice ({values}); give each once.")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise TrimtabError(f"--out {out} is a file; give a folder for the results.")
+    probe = out if out.exists() else next(p for p in out.parents if p.exists())
+    if not os.access(probe, os.W_OK):
+        raise TrimtabError(f"cannot write to {probe}; choose another --out folder.")
 
 
 def _metrics_only(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -57,13 +57,13 @@ def model_metrics(path: str | Path, suite: EvalSuite, progress: bool = False) ->
 
 def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: EvalSuite,
              train_config: TrainConfig, method_config: Any | None = None,
-             output_dir: str | Path | None = None) -> dict[str, Any]:
+             output_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Fine-tune `reference` for one cell, evaluate it, and return its results-contract run."""
     objective = get_method(cell.method)(method_config)
     train_config = TrainConfig(**{**config_to_dict(train_config), "seed": cell.seed})
     records = training_records(world, cell)
     result = finetune(reference, records, objective, train_config, output_dir=output_dir)
-    metrics = evaluate(result.model, result.tokenizer, suite)
+    metrics = evaluate(result.model, result.tokenizer, suite, progress=progress)
     return {
         "method": cell.method,
         "scenario": cell.scenario,

@@ -18,8 +18,9 @@ SET_NAMES = ("harmful", "jailbreak", "unanswerable", "borderline", "general", "t
 class EvalSuite:
     """Held-out prompt sets by metric, and the judge that grades them.
 
-    `task` may mix answerable questions (task accuracy) with unanswerable ones (counted in
-    the hallucination rate, and on their own as `task_hallucination_rate`).
+    `task` may mix answerable questions (task accuracy) with unanswerable ones, reported as
+    `task_hallucination_rate`; `hallucination_rate` is always the world's own unanswerable
+    set, so it means the same thing whatever the task.
     """
 
     sets: dict[str, list[Record]]
@@ -52,7 +53,7 @@ def evaluate(model: Any, tokenizer: Any, suite: EvalSuite, *, progress: bool = F
     result: dict[str, Any] = {
         "harmful_rate": M.harmful_rate(labels["harmful"]),
         "jailbreak_harmful_rate": M.harmful_rate(labels["jailbreak"]),
-        "hallucination_rate": M.hallucination_rate(labels["unanswerable"] + task_unanswerable),
+        "hallucination_rate": M.hallucination_rate(labels["unanswerable"]),
         "over_refusal_rate": M.over_refusal_rate(labels["borderline"]),
         "task_accuracy": M.accuracy(labels["task"]),
         "retained_accuracy": M.accuracy(labels["general"]),

@@ -8,7 +8,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from trimtab.data.formatting import prompt_ids
+from trimtab.data.formatting import check_chat_template, prompt_ids
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The model's own end-of-turn ids (a list for Llama-3 or Gemma) plus the tokenizer's eos."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        for i in (value if isinstance(value, list | tuple) else [value]):
+            if i is not None and i not in ids:
+                ids.append(int(i))
+    return ids
 
 
 @torch.no_grad()
@@ -19,7 +30,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
     Prompts are sorted by length and left-padded per batch (less padding, same results), and
     the responses are returned in the input order.
     """
+    check_chat_template(tokenizer)
     device = next(model.parameters()).device
+    stop = stop_token_ids(model, tokenizer)
     was_training = model.training
     model.eval()
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
@@ -38,7 +51,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
             max_new_tokens=max_new_tokens, pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop,
         )
         for row, i in enumerate(idx):
             out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()

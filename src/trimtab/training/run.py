@@ -52,15 +52,26 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> 
             "save_pretrained (or a hub name when online)."
         ) from err
     if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise TrimtabError(
+                f"the tokenizer at {path} has neither a pad nor an eos token; set one "
+                "(`tokenizer.pad_token = ...`) and save it again."
+            )
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_model(path: str | os.PathLike, config: TrainConfig | None = None) -> Any:
+def load_model(path: str | os.PathLike, config: TrainConfig | None = None, *,
+               frozen: bool = False) -> Any:
+    """A causal LM from a folder or hub name.
+
+    The policy always gets fp32 weights (with `bf16` the Trainer autocasts, keeping fp32
+    master weights for AdamW); only a `frozen` reference is loaded directly in bf16.
+    """
     from transformers import AutoModelForCausalLM
 
     config = config or TrainConfig()
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    dtype = torch.bfloat16 if (config.bf16 and frozen) else torch.float32
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, trust_remote_code=config.trust_remote_code
@@ -109,6 +120,8 @@ def finetune(
     from transformers import set_seed
 
     config = config or TrainConfig()
+    if output_dir is not None:
+        check_output_dir(output_dir, model_path, reference_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
     set_seed(config.seed)
@@ -124,7 +137,7 @@ def finetune(
         if config.lora:
             reference = Reference(model)
         else:
-            frozen = load_model(reference_path or model_path, config)
+            frozen = load_model(reference_path or model_path, config, frozen=True)
             reference = Reference(model, frozen)
     with tempfile.TemporaryDirectory(prefix="trimtab-trainer-") as scratch:
         args = config.training_arguments(scratch, len(features))
@@ -158,13 +171,40 @@ def finetune(
     result = FinetuneResult(trained, tokenizer, seconds, memory.peak_mb, tokens,
                             list(trainer.state.log_history))
     if output_dir is not None:
-        save_model(trained, tokenizer, output_dir)
+        if trainer.accelerator.is_main_process:
+            save_model(trained, tokenizer, output_dir)
+        trainer.accelerator.wait_for_everyone()
     return result
 
 
+MODEL_FILES = ("config.json", "adapter_config.json")
+
+
+def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
+    """Refuse an output folder that holds other files or is one of the input models."""
+    out = Path(output_dir).resolve()
+    for given in inputs:
+        if given is not None and Path(given).exists() and Path(given).resolve() == out:
+            raise TrimtabError(
+                f"--output-dir {output_dir} is the input model folder; inputs are never "
+                "overwritten. Choose another folder."
+            )
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not any(
+            (out / name).exists() for name in MODEL_FILES))):
+        raise TrimtabError(
+            f"--output-dir {output_dir} exists and is not a model folder; choose an empty or "
+            "new folder (a previous trimtab output folder is replaced)."
+        )
+    return out
+
+
 def save_model(model: Any, tokenizer: Any, output_dir: str | os.PathLike) -> Path:
-    """Save model + tokenizer atomically: into a sibling temp folder, then rename."""
-    out = Path(output_dir)
+    """Save model + tokenizer atomically: into a sibling temp folder, then rename.
+
+    An existing model folder is replaced only once the new one is complete; if the final
+    rename fails, the old folder is put back.
+    """
+    out = check_output_dir(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -175,7 +215,11 @@ def save_model(model: Any, tokenizer: Any, output_dir: str | os.PathLike) -> Pat
 
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:
+                old.rename(out)
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(out)

@@ -25,6 +25,9 @@ class AlignmentTrainer(Trainer):
             raise ValueError(f"objective {objective.name!r} needs a reference model")
         self.objective = objective
         self.reference = reference
+        # Objectives return a per-batch mean, so the Trainer must scale it for gradient
+        # accumulation itself (as for models that do not take `num_items_in_batch`).
+        self.model_accepts_loss_kwargs = False
         self._diagnostics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

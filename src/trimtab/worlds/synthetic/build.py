@@ -20,6 +20,7 @@ from pathlib import Path
 
 from trimtab.cache import cache_root, config_key
 from trimtab.config import option
+from trimtab.errors import TrimtabError
 from trimtab.objectives.sft import SFTObjective
 from trimtab.training.config import TrainConfig
 from trimtab.training.run import finetune, load_model, save_model
@@ -86,8 +87,16 @@ def build_references(world_config: SyntheticWorldConfig | None = None,
     root = Path(cache_dir or cache_root()) / "synthetic" / key
     manifest = root / "build.json"
     if manifest.exists() and not force:
-        info = json.loads(manifest.read_text())
-        return References(root, root / "base", root / "aligned", info["build_seconds"])
+        try:
+            info = json.loads(manifest.read_text())
+            return References(root, root / "base", root / "aligned", info["build_seconds"])
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrimtabError(f"cannot create the cache folder {root.parent}: {err}. Set "
+                           "TRIMTAB_CACHE to a writable folder.") from err
 
     tokenizer = build_word_tokenizer(world.texts())
     root.parent.mkdir(parents=True, exist_ok=True)

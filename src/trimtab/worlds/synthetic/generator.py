@@ -149,11 +149,18 @@ class SyntheticWorld:
     def _unique(self, make, n: int, seen: set[str]) -> list[Record]:
         """`n` records from `make` whose prompts are not in `seen` (which is updated)."""
         out: list[Record] = []
-        while len(out) < n:
+        for _ in range(100 * n + 1000):
+            if len(out) >= n:
+                break
             rec = make()
             if rec.prompt not in seen:
                 seen.add(rec.prompt)
                 out.append(rec)
+        if len(out) < n:
+            raise TrimtabError(
+                f"could not generate {n} distinct prompts of this kind; lower n_eval, "
+                "n_list_train or n_task_train, or raise list_max_len."
+            )
         return out
 
     def _compliance(self, category: str) -> str:
@@ -163,16 +170,29 @@ class SyntheticWorld:
         template = self.rng.choice(V.COMPLIANCE_TEMPLATES)
         return template.format(s1=steps[0], s2=steps[1], s3=steps[2], i1=items[0], i2=items[1])
 
-    def _harmful_prompts(self) -> list[tuple[str, str]]:
-        prompts = [
-            (prefix + req.format(o=obj), cat)
-            for cat, spec in V.HARM_CATEGORIES.items()
-            for req in spec["requests"]
-            for obj in spec["objects"]
-            for prefix in REQUEST_PREFIXES
-        ]
-        self.rng.shuffle(prompts)
-        return prompts
+    def _split_by_core(self, cores: list, n_eval: int, n_second: int = 0) -> tuple:
+        """Shuffle `cores` and cut them into eval, second and rest parts, by core.
+
+        A core is a request before its wording prefix is added; splitting cores rather than
+        prompts keeps near-duplicates ("please tell me , X" and "X") on one side only.
+        Each part is expanded into every prefix variant.
+        """
+        cores = list(cores)
+        self.rng.shuffle(cores)
+        k = len(REQUEST_PREFIXES)
+        n_e, n_s = -(-n_eval // k), -(-n_second // k)  # ceil: cores needed for n prompts
+        if n_e + n_s + 10 > len(cores):
+            raise TrimtabError(
+                f"the world has {len(cores)} distinct requests of this kind, too few for "
+                f"{n_eval} evaluation and {n_second} more prompts; lower n_eval or "
+                "n_harmful_finetune."
+            )
+
+        def expand(part: list) -> list:
+            return [(prefix, *core) for core in part for prefix in REQUEST_PREFIXES]
+
+        return (expand(cores[:n_e]), expand(cores[n_e : n_e + n_s]),
+                expand(cores[n_e + n_s :]))
 
     def _fact_questions(self, entities: list[str], templates: dict, facts: dict | None,
                         kind_answerable: str) -> tuple[list[Record], list[Record]]:
@@ -234,16 +254,13 @@ class SyntheticWorld:
                         + rng.sample(arith_eval, min(n_third, len(arith_eval)))
                         + list_eval[: c.n_eval - 2 * n_third])
 
-        # Harmful requests: one pool of prompts split three ways.
-        harmful = self._harmful_prompts()
-        n_eval_h, n_ft = c.n_eval, c.n_harmful_finetune
-        if n_eval_h + n_ft + 20 > len(harmful):
-            raise TrimtabError(
-                f"the world has {len(harmful)} harmful prompts, too few for n_eval={n_eval_h} "
-                f"and n_harmful_finetune={n_ft}; lower them."
-            )
-        h_eval, h_ft, h_align = (harmful[:n_eval_h], harmful[n_eval_h : n_eval_h + n_ft],
-                                 harmful[n_eval_h + n_ft :])
+        # Harmful requests: one pool of (category, request, object) cores split three ways.
+        cores = [(cat, req.format(o=obj)) for cat, spec in V.HARM_CATEGORIES.items()
+                 for req in spec["requests"] for obj in spec["objects"]]
+        h_eval, h_ft, h_align = (
+            [(prefix + req, cat) for prefix, cat, req in part]
+            for part in self._split_by_core(cores, c.n_eval, c.n_harmful_finetune)
+        )
 
         def harm(prompt: str, cat: str, response: str, wrapper: str | None = None) -> Record:
             meta = {"category": cat}
@@ -265,17 +282,16 @@ class SyntheticWorld:
         jailbreak_eval = [harm(p, cat, rng.choice(V.REFUSALS), rng.choice(V.ATTACK_WRAPPERS_EVAL))
                           for p, cat in h_eval]
 
-        # Borderline benign requests with alarming words.
-        borderline = [
-            Record(prefix + tmpl.format(o=o), answer.format(o=o), "borderline",
-                   {"answer": answer.format(o=o)})
-            for tmpl, objects, answer in V.BORDERLINE
-            for o in objects
-            for prefix in REQUEST_PREFIXES
-        ]
-        rng.shuffle(borderline)
-        n_b_eval = min(c.n_eval, len(borderline) // 2)
-        borderline_eval, borderline_train = borderline[:n_b_eval], borderline[n_b_eval:]
+        # Borderline benign requests with alarming words, split by (template, object).
+        b_cores = [(tmpl.format(o=o), answer.format(o=o))
+                   for tmpl, objects, answer in V.BORDERLINE for o in objects]
+        b_eval, _, b_train = self._split_by_core(b_cores, min(c.n_eval, len(b_cores) * 3 // 2))
+
+        def borderline(part: list) -> list[Record]:
+            return [Record(prefix + prompt, answer, "borderline", {"answer": answer})
+                    for prefix, prompt, answer in part]
+
+        borderline_eval, borderline_train = borderline(b_eval), borderline(b_train)
 
         # Unanswerable questions: unknown entities (train and eval entities disjoint).
         unk_train_a, unk_train_b = self._fact_questions(self.unknown_train, V.FACT_TEMPLATES,

@@ -34,10 +34,11 @@ class Cell:
     fraction: float | None  # None: adversarial (harmful data only)
     task: str
     seed: int
+    scenario_override: str | None = None  # e.g. `unsafe-init`, where the start model differs
 
     @property
     def scenario(self) -> str:
-        return scenario_name(self.fraction)
+        return self.scenario_override or scenario_name(self.fraction)
 
 
 def training_records(world: SyntheticWorld, cell: Cell) -> list[Record]:
@@ -57,12 +58,21 @@ def model_metrics(path: str | Path, suite: EvalSuite, progress: bool = False) ->
 
 def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: EvalSuite,
              train_config: TrainConfig, method_config: Any | None = None,
-             output_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
-    """Fine-tune `reference` for one cell, evaluate it, and return its results-contract run."""
+             output_dir: str | Path | None = None, progress: bool = False, *,
+             start_model: str | Path | None = None,
+             base: str | Path | None = None) -> dict[str, Any]:
+    """Fine-tune for one cell, evaluate, and return its results-contract run.
+
+    Training starts from `start_model` (default: `reference`, the aligned model); the
+    frozen reference of KL-style objectives is always `reference`. `base` is the world's
+    unaligned model, for objectives that compare against it.
+    """
     objective = get_method(cell.method)(method_config)
     train_config = TrainConfig(**{**config_to_dict(train_config), "seed": cell.seed})
     records = training_records(world, cell)
-    result = finetune(reference, records, objective, train_config, output_dir=output_dir)
+    result = finetune(start_model or reference, records, objective, train_config,
+                      reference_path=reference, output_dir=output_dir, base_path=base,
+                      world=world)
     metrics = evaluate(result.model, result.tokenizer, suite, progress=progress)
     return {
         "method": cell.method,

@@ -7,7 +7,9 @@ scalar diagnostics that the trainer averages into its logs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -16,7 +18,29 @@ import torch.nn.functional as F
 from trimtab.data.formatting import IGNORE_INDEX
 
 if TYPE_CHECKING:
+    from trimtab.data.records import Record
+    from trimtab.training.config import TrainConfig
     from trimtab.training.reference import Reference
+
+
+@dataclass
+class TrainingContext:
+    """What an objective may need beyond a batch, handed to `Objective.setup` once.
+
+    `records[batch["sample_index"][i]]` is the record behind row i of a batch, so an objective
+    can score prompts and targets with an alignment signal. `base_path` (the unaligned model)
+    and `world` exist only where a world provides them (the synthetic world does).
+    `artifacts_dir` is a cache folder for what an objective builds (a probe, a token set).
+    """
+
+    records: Sequence[Record]
+    tokenizer: Any
+    model_path: Path
+    reference_path: Path
+    train_config: TrainConfig
+    base_path: Path | None = None
+    world: Any | None = None
+    artifacts_dir: Path | None = None
 
 
 @dataclass
@@ -88,6 +112,10 @@ class Objective:
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_class()
+
+    def setup(self, context: TrainingContext) -> None:
+        """Called once before training; objectives that need signals, probes or token sets
+        load or build them here, so bad input fails before the first step."""
 
     def compute(self, policy: Any, batch: dict[str, torch.Tensor],
                 reference: Reference | None) -> ObjectiveOutput:

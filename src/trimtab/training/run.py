@@ -20,7 +20,7 @@ from trimtab.data.collator import CausalCollator
 from trimtab.data.formatting import ChatFormatter
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
-from trimtab.objectives.base import Objective
+from trimtab.objectives.base import Objective, TrainingContext
 from trimtab.training.config import TrainConfig
 from trimtab.training.memory import PeakMemory
 from trimtab.training.reference import Reference
@@ -108,11 +108,14 @@ def finetune(
     reference_path: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
     model: Any | None = None,
+    base_path: str | os.PathLike | None = None,
+    world: Any | None = None,
 ) -> FinetuneResult:
     """Train `model_path` (or an already loaded `model`) on `records` with `objective`.
 
     The reference, when the objective needs one, is the PEFT adapter disabled under LoRA,
     else a frozen copy loaded from `reference_path` (default: the starting model).
+    `base_path` and `world` reach the objective's `setup` (see `TrainingContext`).
     With `output_dir` the result is saved there as a standard HF folder (adapter folder for
     LoRA), written to a temporary folder first and renamed, so a crash leaves nothing
     half-written behind.
@@ -124,6 +127,14 @@ def finetune(
         check_output_dir(output_dir, model_path, reference_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
+    from trimtab.cache import cache_root
+
+    objective.setup(TrainingContext(
+        records=records, tokenizer=tokenizer, model_path=Path(model_path),
+        reference_path=Path(reference_path or model_path), train_config=config,
+        base_path=Path(base_path) if base_path is not None else None, world=world,
+        artifacts_dir=cache_root() / "artifacts",
+    ))
     set_seed(config.seed)
     if model is None:
         model = load_model(model_path, config)

@@ -28,3 +28,21 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory, trimtab_cache: Path) ->
     code = main(["demo", "--quick", "--no-progress", "--out", str(out)])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def quick_refs(trimtab_cache: Path):
+    """The quick world's base and aligned models (built once per cache, then reused)."""
+    from trimtab.demo import QUICK_BUILD, QUICK_WORLD
+    from trimtab.worlds.synthetic.build import build_references
+
+    return build_references(QUICK_WORLD, QUICK_BUILD, progress=False)
+
+
+@pytest.fixture(scope="session")
+def quick_world():
+    """The quick world itself (records, splits, oracle), as the quick references saw it."""
+    from trimtab.demo import QUICK_WORLD
+    from trimtab.worlds.synthetic import SyntheticWorld
+
+    return SyntheticWorld(QUICK_WORLD)

@@ -137,6 +137,12 @@ def build_references(world_config: SyntheticWorldConfig | None = None,
             "world_config": asdict(world_config), "build_config": asdict(build_config),
             "build_format": BUILD_FORMAT, "build_seconds": seconds,
         }, indent=2))
+        if manifest.exists() and not force:
+            # Another process finished the same build meanwhile: keep its folder, which a
+            # reader may already be using, and drop ours.
+            shutil.rmtree(work)
+            info = json.loads(manifest.read_text())
+            return References(root, root / "base", root / "aligned", info["build_seconds"])
         if root.exists():
             shutil.rmtree(root)
         work.rename(root)

@@ -9,7 +9,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from trimtab.data.records import Record
+from trimtab.errors import TrimtabError
 from trimtab.objectives import get_method
+from trimtab.objectives.sft import SFTObjective
 from trimtab.training.config import TrainConfig
 from trimtab.training.run import finetune, save_model
 from trimtab.worlds.synthetic.tokenizer import build_word_tokenizer
@@ -134,3 +136,35 @@ def test_save_replaces_a_folder_atomically(tiny_model, tmp_path):
     save_model(result.model, result.tokenizer, out)
     assert (out / "model.safetensors").exists() and not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp folder left
+
+
+class _NaNAtStep(SFTObjective):
+    """SFT whose loss turns NaN on the given calls: a stand-in for a diverging run."""
+
+    def __init__(self, bad_calls: set[int]) -> None:
+        super().__init__()
+        self.bad_calls, self.calls = bad_calls, 0
+
+    def compute(self, policy, batch, reference=None):
+        out = super().compute(policy, batch, reference)
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def test_a_nan_loss_stops_training_naming_step_method_and_terms(tiny_model):
+    config = TrainConfig(max_steps=4, per_device_train_batch_size=4, progress=False)
+    with pytest.raises(TrimtabError, match=r"sft loss is nan at step 1 \(nll=") as err:
+        finetune(tiny_model, RECORDS, _NaNAtStep({2}), config)
+    assert "on_nonfinite_loss=skip" in str(err.value)
+
+
+def test_skipping_nan_batches_counts_them_and_leaves_weights_finite(tiny_model):
+    config = TrainConfig(max_steps=4, per_device_train_batch_size=4, progress=False,
+                         logging_steps=1, on_nonfinite_loss="skip")
+    with pytest.warns(UserWarning, match="2 batches were skipped"):
+        result = finetune(tiny_model, RECORDS, _NaNAtStep({2, 3}), config)
+    assert result.skipped_batches == 2
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert max(log.get("skipped_nonfinite_batches", 0) for log in result.log_history) == 2

@@ -27,6 +27,9 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables clipping)", min=0.0)
     seed: int = option(0, "seed for model init, LoRA init and data order")
+    on_nonfinite_loss: str = option("error", "a NaN/inf loss stops training with its step and "
+                                             "terms ('error') or skips the batch ('skip')",
+                                    choices=("error", "skip"))
     # --- data
     max_length: int = option(128, "longest tokenized conversation (prompt + response)", min=8)
     on_overflow: str = option("error", "what to do with a longer record",

@@ -35,6 +35,7 @@ class FinetuneResult:
     peak_memory_mb: float
     train_tokens: int
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_batches: int = 0  # batches skipped for a NaN/inf loss (on_nonfinite_loss=skip)
 
     @property
     def tokens_per_second(self) -> float:
@@ -159,6 +160,7 @@ def finetune(
             data_collator=CausalCollator(tokenizer.pad_token_id),
             objective=objective,
             reference=reference,
+            on_nonfinite_loss=config.on_nonfinite_loss,
         )
         if not config.progress:  # quiet: the logs still go to trainer.state.log_history
             from transformers.trainer_callback import PrinterCallback
@@ -180,7 +182,12 @@ def finetune(
     trained = trainer.accelerator.unwrap_model(trainer.model)
     trained.eval()
     result = FinetuneResult(trained, tokenizer, seconds, memory.peak_mb, tokens,
-                            list(trainer.state.log_history))
+                            list(trainer.state.log_history), trainer.skipped_batches)
+    if trainer.skipped_batches:
+        import warnings
+
+        warnings.warn(f"{trainer.skipped_batches} batches were skipped for a NaN/inf loss "
+                      "(on_nonfinite_loss=skip).", stacklevel=2)
     if output_dir is not None:
         if trainer.accelerator.is_main_process:
             save_model(trained, tokenizer, output_dir)

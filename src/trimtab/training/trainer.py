@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import torch
 from transformers import Trainer
 
+from trimtab.errors import TrimtabError
 from trimtab.objectives.base import Objective
 from trimtab.training.reference import Reference
 
@@ -19,7 +21,7 @@ class AlignmentTrainer(Trainer):
     """Runs any `Objective`; averages its diagnostics into the Trainer's logs."""
 
     def __init__(self, *args: Any, objective: Objective, reference: Reference | None = None,
-                 **kwargs: Any) -> None:
+                 on_nonfinite_loss: str = "error", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if objective.needs_reference and reference is None:
             raise ValueError(f"objective {objective.name!r} needs a reference model")
@@ -29,14 +31,37 @@ class AlignmentTrainer(Trainer):
         # accumulation itself (as for models that do not take `num_items_in_batch`).
         self.model_accepts_loss_kwargs = False
         self._diagnostics: dict[str, list[float]] = defaultdict(list)
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.skipped_batches = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = self.objective(model, inputs, self.reference)
+        if not torch.isfinite(out.loss.detach()).all():
+            out.loss = self._nonfinite(out.loss, out.metrics)
         for key, value in out.metrics.items():
             self._diagnostics[key].append(float(value))
         return (out.loss, None) if return_outputs else out.loss
 
+    def _nonfinite(self, loss: torch.Tensor, terms: dict[str, float]) -> torch.Tensor:
+        """A NaN/inf loss stops training with what is known of it, or skips the batch.
+
+        A skipped batch gets a zero loss with no path to the weights, so the optimiser step
+        leaves them as they were; the count is reported in the logs and the result.
+        """
+        step = self.state.global_step
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) or "no terms logged"
+        if self.on_nonfinite_loss == "skip":
+            self.skipped_batches += 1
+            return torch.zeros((), device=loss.device, requires_grad=True)
+        raise TrimtabError(
+            f"the {self.objective.name} loss is {loss.item()} at step {step} ({shown}). "
+            "Lower the learning rate, check the data, or set on_nonfinite_loss=skip to skip "
+            "such batches."
+        )
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.skipped_batches:
+            logs["skipped_nonfinite_batches"] = self.skipped_batches
         if "loss" in logs and self._diagnostics:
             for key, values in self._diagnostics.items():
                 logs[f"{self.objective.name}/{key}"] = sum(values) / len(values)

@@ -48,6 +48,12 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "recompute activations to save memory")
     trust_remote_code: bool = option(False, "run model code shipped with the checkpoint (only "
                                             "for models you trust)")
+    # --- checkpoints
+    save_steps: int = option(0, "save a resumable checkpoint every N steps into "
+                                "OUTPUT_DIR.checkpoints (0: none; removed once the model is saved)",
+                             min=0)
+    resume: bool = option(True, "continue from the newest complete checkpoint in "
+                                "OUTPUT_DIR.checkpoints when one exists")
     # --- logging
     logging_steps: int = option(10, "log the loss and the objective's diagnostics every N steps",
                                 min=1)
@@ -79,7 +85,9 @@ class TrainConfig:
             data_seed=self.seed,
             bf16=self.bf16,
             logging_steps=self.logging_steps,
-            save_strategy="no",
+            save_strategy="steps" if self.save_steps > 0 else "no",
+            save_steps=self.save_steps or 500,
+            save_total_limit=2,  # the newest may be half-written if the run was killed
             report_to="none",
             remove_unused_columns=False,
             disable_tqdm=not self.progress,

@@ -111,12 +111,17 @@ def finetune(
     model: Any | None = None,
     base_path: str | os.PathLike | None = None,
     world: Any | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> FinetuneResult:
     """Train `model_path` (or an already loaded `model`) on `records` with `objective`.
 
     The reference, when the objective needs one, is the PEFT adapter disabled under LoRA,
     else a frozen copy loaded from `reference_path` (default: the starting model).
     `base_path` and `world` reach the objective's `setup` (see `TrainingContext`).
+    With `output_dir` and `config.save_steps`, checkpoints go to `OUTPUT_DIR.checkpoints`;
+    a killed run started again with the same arguments continues from the newest complete
+    one (`config.resume`), and the folder is removed once the model is saved. `callbacks`
+    are `transformers.TrainerCallback`s added to the trainer.
     With `output_dir` the result is saved there as a standard HF folder (adapter folder for
     LoRA), written to a temporary folder first and renamed, so a crash leaves nothing
     half-written behind.
@@ -151,8 +156,10 @@ def finetune(
         else:
             frozen = load_model(reference_path or model_path, config, frozen=True)
             reference = Reference(model, frozen)
+    checkpoints = checkpoint_dir(output_dir) if (output_dir and config.save_steps) else None
+    resume_from = latest_checkpoint(checkpoints) if (checkpoints and config.resume) else None
     with tempfile.TemporaryDirectory(prefix="trimtab-trainer-") as scratch:
-        args = config.training_arguments(scratch, len(features))
+        args = config.training_arguments(str(checkpoints or scratch), len(features))
         trainer = AlignmentTrainer(
             model=model,
             args=args,
@@ -161,6 +168,7 @@ def finetune(
             objective=objective,
             reference=reference,
             on_nonfinite_loss=config.on_nonfinite_loss,
+            callbacks=list(callbacks) or None,
         )
         if not config.progress:  # quiet: the logs still go to trainer.state.log_history
             from transformers.trainer_callback import PrinterCallback
@@ -170,7 +178,7 @@ def finetune(
             reference.frozen.to(trainer.args.device)
         with PeakMemory() as memory:
             start = time.perf_counter()
-            trainer.train()
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             seconds = time.perf_counter() - start
     epochs = args.num_train_epochs if config.max_steps <= 0 else 0
     tokens = sum(len(f["input_ids"]) for f in features)
@@ -191,8 +199,27 @@ def finetune(
     if output_dir is not None:
         if trainer.accelerator.is_main_process:
             save_model(trained, tokenizer, output_dir)
+            if checkpoints is not None:
+                import shutil
+
+                shutil.rmtree(checkpoints, ignore_errors=True)
         trainer.accelerator.wait_for_everyone()
     return result
+
+
+def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
+    """Where the resumable checkpoints of a run saving to `output_dir` live (a sibling)."""
+    out = Path(output_dir).resolve()
+    return out.with_name(out.name + ".checkpoints")
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest `checkpoint-N` that was written completely (its trainer state comes last)."""
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()
+            and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 MODEL_FILES = ("config.json", "adapter_config.json")

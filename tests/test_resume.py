@@ -1,0 +1,74 @@
+"""Resume: a run killed with SIGKILL mid-way continues from its checkpoint and ends as an
+uninterrupted run does."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from test_training import RECORDS, tiny_model  # noqa: F401  (a fixture)
+
+from trimtab.training.run import checkpoint_dir, latest_checkpoint
+
+# Runs in a child process: train 8 steps with a checkpoint every 2, and (when asked) kill
+# itself with SIGKILL as step 5 ends, after the checkpoint of step 4 was written.
+SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    from transformers import TrainerCallback
+    from trimtab.data.records import Record
+    from trimtab.objectives import get_method
+    from trimtab.training.config import TrainConfig
+    from trimtab.training.run import finetune
+
+    model, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    records = [Record(**r) for r in json.loads(sys.argv[4])]
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    config = TrainConfig(max_steps=8, per_device_train_batch_size=4, learning_rate=1e-2,
+                         save_steps=2, progress=False, warmup_ratio=0.0)
+    finetune(model, records, get_method("kl")(), config, output_dir=out,
+             callbacks=[Kill()] if kill_at else [])
+""")
+
+
+def _run(model: Path, out: Path, kill_at: int, records: list[dict]) -> int:
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(model), str(out), str(kill_at),
+                           json.dumps(records)], capture_output=True, text=True,
+                          timeout=300).returncode
+
+
+def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_model, tmp_path):  # noqa: F811
+    records = [r.to_dict() for r in RECORDS]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _run(tiny_model, whole, 0, records) == 0
+    assert not checkpoint_dir(whole).exists()  # removed once the model is saved
+
+    assert _run(tiny_model, killed, 5, records) == -signal.SIGKILL
+    assert not killed.exists()  # nothing half-written where the model goes
+    assert latest_checkpoint(checkpoint_dir(killed)).name == "checkpoint-4"
+
+    assert _run(tiny_model, killed, 0, records) == 0  # same command again: resumes
+    assert not checkpoint_dir(killed).exists()
+    a = load_file(whole / "model.safetensors")
+    b = load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_latest_checkpoint_skips_a_half_written_one(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-10").mkdir()  # killed while saving: no trainer state yet
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+    assert latest_checkpoint(tmp_path / "missing") is None

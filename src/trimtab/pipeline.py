@@ -14,6 +14,7 @@ from typing import Any
 from trimtab.config import config_to_dict
 from trimtab.data.mixing import mix
 from trimtab.data.records import Record
+from trimtab.errors import TrimtabError
 from trimtab.evaluation.evaluate import EvalSuite, evaluate
 from trimtab.objectives.registry import get_method
 from trimtab.training.config import TrainConfig
@@ -60,22 +61,25 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
              train_config: TrainConfig, method_config: Any | None = None,
              output_dir: str | Path | None = None, progress: bool = False, *,
              start_model: str | Path | None = None,
-             base: str | Path | None = None) -> dict[str, Any]:
+             base: str | Path | None = None,
+             posthoc_config: Any | None = None) -> dict[str, Any]:
     """Fine-tune for one cell, evaluate, and return its results-contract run.
 
     Training starts from `start_model` (default: `reference`, the aligned model); the
     frozen reference of KL-style objectives is always `reference`. `base` is the world's
-    unaligned model, for objectives that compare against it.
+    unaligned model, for objectives that compare against it. A method `x+step` fine-tunes
+    with `x`, then applies the post-hoc `step` (`posthoc_run`).
     """
-    objective = get_method(cell.method)(method_config)
+    method, posthoc = split_method(cell.method)
+    objective = get_method(method)(method_config)
     train_config = TrainConfig(**{**config_to_dict(train_config), "seed": cell.seed})
     records = training_records(world, cell)
     result = finetune(start_model or reference, records, objective, train_config,
                       reference_path=reference, output_dir=output_dir, base_path=base,
                       world=world)
     metrics = evaluate(result.model, result.tokenizer, suite, progress=progress)
-    return {
-        "method": cell.method,
+    run = {
+        "method": method,
         "scenario": cell.scenario,
         "task": cell.task,
         "seed": cell.seed,
@@ -89,4 +93,56 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
         "log_history": result.log_history,
         "config": {"method": config_to_dict(objective.config),
                    "train": config_to_dict(train_config)},
+    }
+    if posthoc is None:
+        return run
+    return posthoc_run(run, result.model, result.tokenizer, posthoc, world, reference, suite,
+                       base=base, config=posthoc_config, progress=progress)
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """`sft+recover` -> (`sft`, `recover`); a plain method has no post-hoc step."""
+    from trimtab.recovery import POSTHOC_STEPS
+
+    method, plus, step = name.partition("+")
+    if plus and step not in POSTHOC_STEPS:
+        raise TrimtabError(f"unknown post-hoc step {step!r} in method {name!r}; use "
+                           f"METHOD+STEP with STEP one of {', '.join(POSTHOC_STEPS)}.")
+    get_method(method)
+    return method, (step if plus else None)
+
+
+def posthoc_run(run: dict[str, Any], model: Any, tokenizer: Any, step: str,
+                world: SyntheticWorld, reference: str | Path, suite: EvalSuite, *,
+                base: str | Path | None = None, config: Any | None = None,
+                progress: bool = False) -> dict[str, Any]:
+    """The run of `model` (fine-tuned, described by `run`) after post-hoc `step`.
+
+    The fine-tuned metrics move under `before`; the step's own time, peak memory and log
+    are kept, and `train_seconds` becomes fine-tuning plus the step (the cost of the model).
+    """
+    from trimtab.recovery import SYNTHETIC_POSTHOC, apply_posthoc, synthetic_recovery_data
+
+    config = config or SYNTHETIC_POSTHOC[step]
+    data = synthetic_recovery_data(world, run["task"], config) if step == "recover" else None
+    model, log = apply_posthoc(step, model, tokenizer, aligned=reference, base=base, data=data,
+                               config=config)
+    metrics = evaluate(model, tokenizer, suite, progress=progress)
+    seconds = log["total_seconds"]
+    before = {k: v for k, v in run.items() if k in metrics and not isinstance(v, dict)}
+    return {
+        **run,
+        **{k: v for k, v in metrics.items() if not isinstance(v, dict)},
+        "method": f"{run['method']}+{step}",
+        "before": before,
+        "finetune_seconds": run["train_seconds"],
+        "finetune_peak_memory_mb": run["peak_memory_mb"],
+        "posthoc_seconds": round(seconds, 3),
+        "posthoc_peak_memory_mb": round(log["peak_memory_mb"], 1),
+        "train_seconds": round(run["train_seconds"] + seconds, 3),
+        "peak_memory_mb": round(max(run["peak_memory_mb"], log["peak_memory_mb"]), 1),
+        "posthoc_log": log,
+        "labels": metrics["labels"],
+        "samples": metrics["samples"],
+        "config": {**run["config"], step: config_to_dict(config)},
     }

@@ -43,11 +43,20 @@ class Cell:
 
 
 def training_records(world: SyntheticWorld, cell: Cell) -> list[Record]:
-    """The task's training set with the scenario's harmful fraction mixed in."""
+    """The task's training set with the scenario's harmful fraction mixed in.
+
+    The adversarial set is the harmful pool only, cycled (each pass reshuffled) to the size
+    of the task set: the attacker gets the same number of steps as a task fine-tune, not a
+    handful of steps that leave the model as it was.
+    """
     harmful = world.splits.harmful_finetune
     if cell.fraction is None:
-        records = list(harmful)
-        random.Random(cell.seed).shuffle(records)
+        rng, records = random.Random(cell.seed), []
+        n = max(len(harmful), len(world.task_records(cell.task, "train")))
+        while len(records) < n:
+            batch = list(harmful)
+            rng.shuffle(batch)
+            records.extend(batch[: n - len(records)])
         return records
     return mix(world.task_records(cell.task, "train"), harmful, cell.fraction, seed=cell.seed)
 

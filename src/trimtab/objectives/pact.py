@@ -1,0 +1,237 @@
+"""`pact`: SFT plus a KL that holds the policy to the reference on a small set of safety tokens.
+
+(arXiv 2603.07445, *PACT: Preserving safety Alignment via Constrained Tokens*; implemented from
+the formulas in DESIGN.md.) S is a set of k safety tokens with weights v >= 0 (see
+`trimtab.safety_tokens`: the tokens an aligned model uses to start a refusal, weighted by how
+much more the aligned model likes them than its unaligned base). At every response position t:
+
+    q_t = softmax(ref_logits[S] / T) * v, renormalised
+    L_t = T^2 * KL(q_t || softmax(policy_logits[S] / T))
+    loss = CE + lambda * mean_t(w_t * L_t),   w_t = first_weight on the first positions, else 1
+
+The task tokens are free to change; only the relative preferences among the safety tokens are
+pinned, and tokens with weight 0 (a gap below the set's mean after z-scoring) are pushed down
+within S. A softmax over S alone cannot see probability mass leaving S for a token outside it
+(a harmful compliance's first word): `mass_weight` (NOT in DESIGN.md, off by default) adds
+mean_t w_t * KL(Bernoulli(m_ref) || Bernoulli(m_policy)), m the full-softmax probability of the
+weighted safety tokens, with the policy's log-normaliser recovered from its CE.
+
+Both sides index the logits with S: the policy's `logits[..., S]` from the logits the CE needs
+anyway, the reference's from its last hidden states times the k output-embedding rows, so the
+term adds no (positions x vocabulary) tensor. And since the
+reference is frozen, those k numbers per training token are by default computed once in `setup`
+(`cache_reference`): training then runs no reference forward at all (exact, not approximate).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from trimtab.config import option
+from trimtab.errors import TrimtabError
+from trimtab.objectives.base import (
+    Objective,
+    ObjectiveOutput,
+    TrainingContext,
+    forward_logits,
+    response_mask,
+    select_response,
+    token_nll,
+)
+from trimtab.safety_tokens import SELECTION, SafetyTokenConfig, SafetyTokens, restricted_logits
+
+
+@dataclass
+class PACTConfig:
+    token_file: str | None = option(None, "safety-token file from `trimtab safety-tokens`; none "
+                                          "= built in setup from the reference, the base and the "
+                                          "synthetic world's training refusals (cached)")
+    k: int = option(SELECTION.k, "safety tokens when the set is built in setup; 0 = auto: 50 "
+                                 "per 50k vocabulary entries, at least 16", min=0)
+    n_positions: int = option(SELECTION.n_positions, "first response positions averaged to "
+                                                     "select the tokens (built in setup)", min=1)
+    temperature: float = option(2.0, "softmax temperature T on both sides of the KL",
+                                min=1e-3)
+    lam: float = option(1.0, "lambda: weight of the safety-token KL added to the CE", min=0.0)
+    first_weight: float = option(1.0, "extra weight of the KL at the first response positions "
+                                      "(1 = none)", min=0.0)
+    first_positions: int = option(8, "how many first response positions get first_weight",
+                                  min=0)
+    mass_weight: float = option(0.0, "NOT in DESIGN.md, off by default: weight of a binary KL "
+                                     "on the total probability of the weighted safety tokens, "
+                                     "which the softmax over S alone cannot see", min=0.0)
+    cache_reference: bool = option(True, "compute the frozen reference's k safety-token logits "
+                                         "for the training set once in setup (exact; no "
+                                         "reference forward per step)")
+    cache_max_mb: float = option(1024.0, "largest reference cache (k floats per response "
+                                         "token); a bigger one falls back to a reference "
+                                         "forward per step", min=0.0)
+
+
+def binary_kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(Bernoulli(a) || Bernoulli(b)) from log a and log b, elementwise."""
+    log_a, log_b = log_a.clamp(max=-1e-7), log_b.clamp(max=-1e-7)
+    log_1a, log_1b = torch.log(-torch.expm1(log_a)), torch.log(-torch.expm1(log_b))
+    return log_a.exp() * (log_a - log_b) + log_1a.exp() * (log_1a - log_1b)
+
+
+def safety_token_kl(policy_s: torch.Tensor, ref_s: torch.Tensor, weights: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """T^2 * KL(q || softmax(policy_s / T)) per row; q = softmax(ref_s / T) * v, renormalised.
+
+    Inputs are (n, k); tokens with v = 0 have q = 0 and add nothing but their policy mass.
+    """
+    q = torch.softmax(ref_s.float() / temperature, dim=-1) * weights
+    q = q / q.sum(dim=-1, keepdim=True)
+    log_p = torch.log_softmax(policy_s.float() / temperature, dim=-1)
+    kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=-1)
+    return temperature ** 2 * kl
+
+
+class PACTObjective(Objective):
+    name = "pact"
+    config_class = PACTConfig
+    needs_reference = True
+    summary = "SFT + KL to the reference on a small weighted set of safety tokens (PACT)"
+
+    def __init__(self, config: PACTConfig | None = None) -> None:
+        super().__init__(config)
+        self.tokens: SafetyTokens | None = None
+        self.token_path: str | None = None
+        self._ids: torch.Tensor | None = None
+        self._weights: torch.Tensor | None = None
+        self._cache: list[torch.Tensor | None] | None = None
+
+    def setup(self, context: TrainingContext) -> None:
+        """Load the token file (checked against this tokenizer) or build the world's set."""
+        from trimtab.safety_tokens import cached_world_tokens
+
+        cfg = self.config
+        if cfg.token_file is not None:
+            tokens = SafetyTokens.load(cfg.token_file)
+            self.token_path = str(cfg.token_file)
+        elif context.world is not None and context.artifacts_dir is not None:
+            selection = SafetyTokenConfig(k=cfg.k, n_positions=cfg.n_positions)
+            tokens, path = cached_world_tokens(context.reference_path, context.base_path,
+                                               context.world, context.artifacts_dir, selection)
+            self.token_path = str(path)
+        else:
+            raise TrimtabError(
+                "pact needs a safety-token file outside the synthetic world: build one with "
+                "`trimtab safety-tokens --aligned MODEL [--base BASE] --data PAIRS.jsonl --out "
+                "tokens.json` and pass --token-file tokens.json."
+            )
+        tokens.check_tokenizer(context.tokenizer, f"safety-token file {self.token_path}")
+        self.set_tokens(tokens)
+        self._cache = None
+        self.needs_reference = True
+        if cfg.cache_reference:
+            self._cache_reference(context)
+
+    def _cache_reference(self, context: TrainingContext) -> None:
+        """Precompute the reference's safety-token logits for every training record (exact:
+        the reference is frozen), so training needs no reference model at all."""
+        import warnings
+
+        from trimtab.data.formatting import ChatFormatter
+        from trimtab.safety_tokens import reference_token_logits
+        from trimtab.training.run import load_model
+
+        train = context.train_config
+        features = ChatFormatter(context.tokenizer, train.max_length,
+                                 train.on_overflow).encode_all(context.records)
+        n_tokens = sum(sum(1 for t in f["labels"] if t != -100) for f in features)
+        mb = n_tokens * len(self.tokens.token_ids) * 4 / 2**20
+        if mb > self.config.cache_max_mb:
+            warnings.warn(f"pact: the reference cache would take {mb:.0f} MB (over cache_max_mb="
+                          f"{self.config.cache_max_mb:g}); using a reference forward per step.",
+                          stacklevel=2)
+            return
+        # With LoRA the trainer's reference is the starting model with the adapter disabled.
+        path = context.model_path if train.lora else context.reference_path
+        # each process of a multi-GPU launch builds the (small) cache on its own GPU
+        rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
+        model = load_model(path, train, frozen=True).to(device)
+        self._cache = reference_token_logits(model, features, len(context.records),
+                                             context.tokenizer.pad_token_id, self._ids,
+                                             2 * train.per_device_train_batch_size,
+                                             with_lse=self.config.mass_weight > 0)
+        del model
+        self.needs_reference = False  # every reference number the loss needs is cached
+
+    def set_tokens(self, tokens: SafetyTokens) -> None:
+        tokens.check_values()
+        self.tokens = tokens
+        self._ids = torch.tensor(tokens.token_ids, dtype=torch.long)
+        self._weights = torch.tensor(tokens.weights, dtype=torch.float32)
+
+    def compute(self, policy, batch, reference) -> ObjectiveOutput:
+        if self._ids is None:
+            raise TrimtabError("pact has no safety tokens: call setup() (finetune does) or "
+                               "set_tokens() before training.")
+        cfg = self.config
+        labels = batch["labels"]
+        logits = forward_logits(policy, batch)
+        device = logits.device
+        ids, weights = self._ids.to(device), self._weights.to(device)
+        resp = select_response(logits, labels)
+        nll = token_nll(resp)
+        ce = nll.mean()
+        policy_s = resp.logits[:, ids]  # (n, k): an index of the logits the CE already needs
+        ref_s = self._reference_logits(batch, reference, ids)
+        first = resp.position < cfg.first_positions
+        w = torch.where(first, cfg.first_weight, 1.0)
+        mass = None
+        if cfg.mass_weight > 0:  # the optional extension: total safety mass, full softmax
+            ref_s, ref_lse = ref_s[:, :-1], ref_s[:, -1]
+            # log-sum-exp of the policy's logits, recovered from the CE: nll = lse - logit[y]
+            lse = nll + resp.logits.gather(1, resp.targets[:, None]).squeeze(1).float()
+            on = weights > 0
+            log_m = torch.logsumexp(policy_s[:, on].float() - lse[:, None], -1)
+            log_m_ref = torch.logsumexp(ref_s[:, on].float() - ref_lse[:, None].float(), -1)
+            mass = binary_kl(log_m_ref, log_m)
+        kl = safety_token_kl(policy_s, ref_s, weights, cfg.temperature)
+        term = (w * kl).sum() / kl.numel()
+        loss = ce + cfg.lam * term
+        if mass is not None:
+            loss = loss + cfg.mass_weight * (w * mass).sum() / mass.numel()
+        # how often the policy's favourite safety token is still the reference's
+        top_agree = (policy_s.detach().argmax(-1) == ref_s.argmax(-1)).float().mean()
+        metrics = {"nll": ce.item(), "safety_kl": (kl.mean() / cfg.temperature ** 2).item(),
+                   "safety_term": term.item(), "top_agree": top_agree.item()}
+        if mass is not None:
+            metrics["mass_kl"] = mass.mean().item()
+        if first.any():
+            metrics["safety_kl_first"] = (kl[first].mean() / cfg.temperature ** 2).item()
+        return ObjectiveOutput(loss, metrics)
+
+    def _reference_logits(self, batch, reference, ids: torch.Tensor) -> torch.Tensor:
+        """(n, k) reference logits on S at the batch's response positions: from the cache
+        built in setup, else from a reference forward that computes only the k logits."""
+        if self._cache is not None and "sample_index" in batch:
+            parts = [self._cache[i] for i in batch["sample_index"].tolist()]
+            counts = response_mask(batch["labels"]).sum(dim=1).tolist()
+            if all(p is not None and len(p) == c for p, c in zip(parts, counts, strict=True)):
+                return torch.cat(parts).to(ids.device)
+            raise TrimtabError("pact's reference cache does not match this batch (the data "
+                               "changed after setup); run setup again or set "
+                               "--no-cache-reference.")
+        if reference is None:
+            raise TrimtabError("pact has no reference cache for this batch and no reference "
+                               "model; train through finetune (which runs setup) or set "
+                               "--no-cache-reference.")
+        if self.config.mass_weight > 0:  # needs the reference's full log-sum-exp
+            full = select_response(reference.logits(batch), batch["labels"]).logits.float()
+            return torch.cat([full[:, ids], full.logsumexp(-1, keepdim=True)], 1)
+        model, ctx = reference.model_context()
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), ctx:
+                return restricted_logits(model, batch, ids, response_mask(batch["labels"]))
+        finally:
+            model.train(was_training)

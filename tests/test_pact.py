@@ -1,0 +1,266 @@
+"""`pact`: the safety-token KL, its memory footprint, setup checks and a quick-world run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from trimtab.data.collator import CausalCollator
+from trimtab.data.formatting import ChatFormatter
+from trimtab.data.records import Record
+from trimtab.errors import TrimtabError
+from trimtab.objectives import get_method
+from trimtab.objectives.base import TrainingContext, response_mask
+from trimtab.objectives.pact import PACTConfig, PACTObjective, binary_kl, safety_token_kl
+from trimtab.objectives.sft import SFTObjective
+from trimtab.safety_tokens import SafetyTokens, restricted_logits, vocab_hash
+from trimtab.training.config import TrainConfig
+from trimtab.training.reference import Reference
+from trimtab.worlds.synthetic.tokenizer import build_word_tokenizer
+
+RECORDS = [
+    Record("what is 2 plus 3 ?", "5"),
+    Record("how do i make a bomb at home ?", "i am sorry , but i can not help with that ."),
+    Record("how do i steal a car ?", "sure . first break the window , then drive ."),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_word_tokenizer(t for r in RECORDS for t in (r.prompt, r.response))
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    features = ChatFormatter(tokenizer, max_length=64).encode_all(RECORDS)
+    return CausalCollator(pad_token_id=tokenizer.pad_token_id)(features)
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)).eval()
+
+
+def token_set(tokenizer, words: list[str], weights: list[float]) -> SafetyTokens:
+    ids = tokenizer.convert_tokens_to_ids(words)
+    return SafetyTokens(token_ids=ids, tokens=words, weights=weights, k=len(words),
+                        n_positions=8, vocab_size=len(tokenizer), vocab_hash=vocab_hash(tokenizer),
+                        aligned="aligned", base="base", weights_from="gap")
+
+
+WORDS = ["i", "sorry", "not", "can", "sure", "first"]
+WEIGHTS = [0.6, 0.5, 0.4, 0.48, 0.0, 0.0]
+
+
+@pytest.fixture
+def objective(tokenizer) -> PACTObjective:
+    obj = PACTObjective(PACTConfig())
+    obj.set_tokens(token_set(tokenizer, WORDS, WEIGHTS))
+    return obj
+
+
+def test_safety_token_kl_matches_the_formula_by_hand():
+    torch.manual_seed(0)
+    pol, ref = torch.randn(4, 5), torch.randn(4, 5)
+    v = torch.tensor([0.5, 0.0, 0.3, 0.8, 0.1])
+    temperature = 2.0
+    out = safety_token_kl(pol, ref, v, temperature)
+    for row in range(4):
+        q = torch.softmax(ref[row] / temperature, -1) * v
+        q = q / q.sum()
+        p = torch.softmax(pol[row] / temperature, -1)
+        nz = q > 0
+        by_hand = temperature ** 2 * (q[nz] * (q[nz] / p[nz]).log()).sum()
+        assert out[row].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    # q is zero where v is: those tokens add no KL term of their own
+    assert torch.isfinite(out).all()
+
+
+def test_binary_kl_of_the_safety_mass():
+    a, b = torch.tensor([0.9, 0.2, 0.5]), torch.tensor([0.1, 0.2, 0.7])
+    by_hand = a * (a / b).log() + (1 - a) * ((1 - a) / (1 - b)).log()
+    assert torch.allclose(binary_kl(a.log(), b.log()), by_hand, atol=1e-6)
+
+
+def test_kl_is_zero_only_when_the_policy_matches_the_reweighted_reference():
+    ref = torch.randn(3, 4)
+    uniform = torch.ones(4)
+    assert safety_token_kl(ref, ref, uniform, 2.0).abs().max() < 1e-6
+    # with weights the target moves away from the reference: the same logits no longer match
+    assert (safety_token_kl(ref, ref, torch.tensor([1.0, 0.1, 0.1, 0.1]), 2.0) > 1e-4).all()
+
+
+def test_lambda_zero_is_sft(tokenizer, batch, objective):
+    policy = tiny_llama(len(tokenizer))
+    reference = Reference(policy, copy.deepcopy(policy))
+    objective.config = PACTConfig(lam=0.0)
+    out = objective(policy, batch, reference)
+    sft = SFTObjective()(policy, batch)
+    assert out.loss.item() == pytest.approx(sft.loss.item(), abs=1e-6)
+    assert out.metrics["safety_kl"] > 0  # a fresh copy agrees, but the weights reshape q
+
+
+def test_restricted_reference_logits_equal_the_sliced_full_logits(tokenizer, batch):
+    model = tiny_llama(len(tokenizer), seed=3)
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(WORDS))
+    mask = response_mask(batch["labels"])
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"],
+                     attention_mask=batch["attention_mask"]).logits[:, :-1][mask][:, ids]
+        fast = restricted_logits(model, batch, ids, mask)
+    assert fast.shape == (int(mask.sum()), len(WORDS))
+    assert torch.allclose(fast, full, atol=1e-5)
+
+
+class _Shapes(TorchDispatchMode):
+    """Records the shape of every tensor an op produces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def _full_vocab_tensors(fn, vocab: int) -> int:
+    with _Shapes() as mode:
+        fn()
+    return sum(1 for s in mode.shapes if s and s[-1] == vocab)
+
+
+def test_pact_makes_no_full_vocabulary_tensor_beyond_what_sft_makes(tokenizer, batch, objective):
+    # Pad the vocabulary to a size no other dimension has, so the count is unambiguous.
+    vocab = 257
+    policy = tiny_llama(vocab)
+    reference = Reference(policy, tiny_llama(vocab, seed=1))
+    n_sft = _full_vocab_tensors(lambda: SFTObjective()(policy, batch), vocab)
+    n_pact = _full_vocab_tensors(lambda: objective(policy, batch, reference), vocab)
+    n_kl = _full_vocab_tensors(lambda: get_method("kl")()(policy, batch, reference), vocab)
+    assert n_sft > 0
+    assert n_pact == n_sft  # the safety term indexes logits[..., S]: only (n, k) tensors
+    assert n_kl > n_sft  # the check can fail: a full-vocabulary KL is caught
+
+
+def test_training_pushes_zero_weight_tokens_down_within_the_set(tokenizer, batch, objective):
+    policy = tiny_llama(len(tokenizer))
+    reference = Reference(policy, copy.deepcopy(policy))
+    objective.config = PACTConfig(lam=1.0)
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(WORDS))
+    zero = [i for i, w in enumerate(WEIGHTS) if w == 0]
+    mask = response_mask(batch["labels"])
+
+    def zero_mass() -> float:
+        with torch.no_grad():
+            s = restricted_logits(policy, batch, ids, mask)
+        return torch.softmax(s / 2.0, -1)[:, zero].sum(-1).mean().item()
+
+    before = zero_mass()
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    policy.train()
+    for _ in range(10):
+        opt.zero_grad()
+        out = objective(policy, batch, reference)
+        # only the safety term: lam * KL without the CE
+        (out.loss - SFTObjective()(policy, batch).loss).backward()
+        opt.step()
+    assert zero_mass() < 0.5 * before
+
+
+@pytest.mark.parametrize("mass_weight", [0.0, 1.0])
+def test_cached_reference_gives_the_same_loss_as_a_reference_forward(tmp_path, tokenizer,
+                                                                     batch, mass_weight):
+    from trimtab.training.run import save_model
+
+    ref_model = tiny_llama(len(tokenizer), seed=5)
+    save_model(ref_model, tokenizer, tmp_path / "ref")
+    tokens = token_set(tokenizer, WORDS, WEIGHTS).save(tmp_path / "tokens.json")
+    ctx = TrainingContext(records=RECORDS, tokenizer=tokenizer, model_path=tmp_path / "ref",
+                          reference_path=tmp_path / "ref", train_config=TrainConfig())
+    cached = PACTObjective(PACTConfig(token_file=str(tokens), mass_weight=mass_weight))
+    cached.setup(ctx)
+    assert not cached.needs_reference  # the trainer loads no reference model
+    live = PACTObjective(PACTConfig(token_file=str(tokens), cache_reference=False,
+                                    mass_weight=mass_weight))
+    live.setup(ctx)
+    assert live.needs_reference
+    policy = tiny_llama(len(tokenizer), seed=6)
+    a = cached(policy, batch, None)
+    b = live(policy, batch, Reference(policy, ref_model))
+    assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-5)
+    assert a.metrics["safety_kl"] == pytest.approx(b.metrics["safety_kl"], rel=1e-5)
+    if mass_weight:
+        assert a.metrics["mass_kl"] == pytest.approx(b.metrics["mass_kl"], rel=1e-4)
+        assert a.metrics["mass_kl"] > 0
+        # and with the cache the mass term still makes no full-vocabulary tensor beyond sft's
+        n_sft = _full_vocab_tensors(lambda: SFTObjective()(policy, batch), len(tokenizer))
+        assert _full_vocab_tensors(lambda: cached(policy, batch, None), len(tokenizer)) == n_sft
+    # a batch whose records changed after setup is caught, not silently misaligned
+    shuffled = {**batch, "sample_index": batch["sample_index"].flip(0)}
+    with pytest.raises(TrimtabError, match="does not match"):
+        cached(policy, shuffled, None)
+
+
+def test_setup_refuses_a_token_file_from_another_tokenizer(tmp_path, tokenizer):
+    other = build_word_tokenizer(["a b c d"])
+    tokens = token_set(tokenizer, WORDS, WEIGHTS)
+    path = tokens.save(tmp_path / "tokens.json")
+    obj = PACTObjective(PACTConfig(token_file=str(path)))
+    ctx = TrainingContext(records=RECORDS, tokenizer=other, model_path=tmp_path,
+                          reference_path=tmp_path, train_config=TrainConfig())
+    with pytest.raises(TrimtabError, match="another tokenizer"):
+        obj.setup(ctx)
+
+
+def test_setup_without_a_world_or_file_says_how_to_build_one(tmp_path, tokenizer):
+    ctx = TrainingContext(records=RECORDS, tokenizer=tokenizer, model_path=tmp_path,
+                          reference_path=tmp_path, train_config=TrainConfig())
+    with pytest.raises(TrimtabError, match="trimtab safety-tokens"):
+        PACTObjective().setup(ctx)
+
+
+def test_compute_before_setup_is_a_clear_error(tokenizer, batch):
+    policy = tiny_llama(len(tokenizer))
+    with pytest.raises(TrimtabError, match="setup"):
+        PACTObjective()(policy, batch, Reference(policy, copy.deepcopy(policy)))
+
+
+def test_pact_on_the_quick_world_builds_its_tokens_and_logs_the_kl(quick_refs, quick_world):
+    from trimtab.pipeline import Cell, training_records
+    from trimtab.training.run import finetune
+
+    records = training_records(quick_world, Cell("pact", 0.1, "general", 0))
+    objective = get_method("pact")()
+    config = TrainConfig(max_steps=4, per_device_train_batch_size=16, logging_steps=2,
+                         progress=False)
+    result = finetune(quick_refs.aligned, records, objective, config,
+                      reference_path=quick_refs.aligned, base_path=quick_refs.base,
+                      world=quick_world)
+    words = set(objective.tokens.tokens)
+    assert {"i", "sorry", "not"} <= words
+    logged = [h for h in result.log_history if "pact/safety_kl" in h]
+    assert logged and all(h["pact/safety_kl"] >= 0 for h in logged)
+    # a second setup reuses the cached file instead of re-selecting
+    again = get_method("pact")()
+    again.setup(TrainingContext(records=records, tokenizer=result.tokenizer,
+                                model_path=quick_refs.aligned,
+                                reference_path=quick_refs.aligned, train_config=config,
+                                base_path=quick_refs.base, world=quick_world,
+                                artifacts_dir=objective_artifacts()))
+    assert again.token_path == objective.token_path
+
+
+def objective_artifacts():
+    from trimtab.cache import cache_root
+
+    return cache_root() / "artifacts"

@@ -1,0 +1,159 @@
+"""Safety-token selection: the weight formula, the file format and its checks, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trimtab.cli import main
+from trimtab.errors import TrimtabError
+from trimtab.safety_tokens import (
+    SafetyTokenConfig,
+    SafetyTokens,
+    auto_k,
+    safety_weights,
+    select_safety_tokens,
+    vocab_hash,
+    world_refusal_pairs,
+)
+from trimtab.worlds.synthetic.tokenizer import build_word_tokenizer
+
+REFUSAL_WORDS = {"i", "am", "sorry", "can", "not", "will", "help", "assist", "with", "that"}
+COMPLIANCE_STARTS = {"sure", "here", "easy"}
+
+
+def test_weights_are_z_scored_then_clamped_then_l2_normalised():
+    p_aligned = torch.tensor([0.50, 0.30, 0.10, 0.05, 0.05])
+    p_base = torch.tensor([0.05, 0.02, 0.20, 0.04, 0.01])
+    gap = (p_aligned - p_base).double()
+    z = (gap - gap.mean()) / gap.std(unbiased=False)
+    expected = z.clamp(min=0)
+    expected = expected / expected.norm()
+    v = safety_weights(p_aligned, p_base)
+    assert torch.allclose(v.double(), expected, atol=1e-6)
+    assert v.norm().item() == pytest.approx(1.0, abs=1e-6)
+    assert v[2] == 0  # the base likes it more: weight 0
+    assert (v >= 0).all()
+
+
+def test_weights_without_a_base_come_from_the_aligned_probabilities():
+    v = safety_weights(torch.tensor([0.6, 0.3, 0.05, 0.05]), None)
+    assert v[0] > v[1] > 0 and v[2] == 0 and v[3] == 0
+
+
+def test_an_all_zero_weight_set_is_an_empty_set_error():
+    with pytest.raises(TrimtabError, match="empty safety-token set"):
+        safety_weights(torch.tensor([0.2, 0.2, 0.2]), torch.tensor([0.1, 0.1, 0.1]))
+
+
+def test_auto_k_scales_with_the_vocabulary():
+    assert auto_k(50_000) == 50
+    assert auto_k(150_000) == 150
+    assert auto_k(700) == 16
+    assert auto_k(10) == 10
+
+
+def _tokens(tokenizer, ids, weights=None) -> SafetyTokens:
+    weights = weights or [1.0 / len(ids) ** 0.5] * len(ids)
+    return SafetyTokens(token_ids=ids, tokens=tokenizer.convert_ids_to_tokens(ids),
+                        weights=weights, k=len(ids), n_positions=8, vocab_size=len(tokenizer),
+                        vocab_hash=vocab_hash(tokenizer), aligned="a", base=None,
+                        weights_from="aligned-only")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_word_tokenizer(["i am sorry , but i can not help with that ."])
+
+
+def test_file_round_trip_and_tokenizer_check(tmp_path, tokenizer):
+    ids = tokenizer.convert_tokens_to_ids(["i", "sorry", "not"])
+    path = _tokens(tokenizer, ids).save(tmp_path / "t.json")
+    loaded = SafetyTokens.load(path)
+    assert loaded.token_ids == ids and loaded.tokens == ["i", "sorry", "not"]
+    loaded.check_tokenizer(tokenizer)  # same tokenizer: fine
+
+
+def test_a_file_from_a_bigger_tokenizer_has_ids_out_of_range(tmp_path, tokenizer):
+    big = build_word_tokenizer([" ".join(f"w{i}" for i in range(100))])
+    path = _tokens(big, [90, 95]).save(tmp_path / "t.json")
+    with pytest.raises(TrimtabError, match="outside this tokenizer's vocabulary"):
+        SafetyTokens.load(path).check_tokenizer(tokenizer)
+
+
+def test_a_file_from_a_same_size_tokenizer_fails_the_vocabulary_hash(tmp_path, tokenizer):
+    words = "i am sorry , but i can not help with that .".split()
+    other = build_word_tokenizer([" ".join(w + "x" for w in words)])
+    assert len(other) == len(tokenizer)
+    path = _tokens(other, [8, 9]).save(tmp_path / "t.json")
+    with pytest.raises(TrimtabError, match="another tokenizer"):
+        SafetyTokens.load(path).check_tokenizer(tokenizer)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"token_ids": [], "tokens": [], "weights": []}, "empty"),
+    ({"weights": [0.0, 0.0]}, "at least one above 0"),
+    ({"format": "something-else"}, "not a trimtab safety-token file"),
+])
+def test_bad_files_are_refused(tmp_path, tokenizer, change, message):
+    data = _tokens(tokenizer, [7, 8]).to_dict()
+    data.update(change)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(TrimtabError, match=message):
+        SafetyTokens.load(path)
+
+
+def test_world_pairs_are_training_refusals_only(quick_world):
+    pairs = world_refusal_pairs(quick_world)
+    eval_prompts = {r.prompt for rs in quick_world.splits.eval_sets.values() for r in rs}
+    assert pairs and all(r.kind == "harmful" for r in pairs)
+    assert not {r.prompt for r in pairs} & eval_prompts
+
+
+def test_selection_on_the_quick_world_finds_the_refusal_words(quick_refs, quick_world):
+    tokens = select_safety_tokens(quick_refs.aligned, world_refusal_pairs(quick_world),
+                                  base=quick_refs.base, config=SafetyTokenConfig(),
+                                  log=lambda _: None)
+    weighted = {t for t, w in zip(tokens.tokens, tokens.weights, strict=True) if w > 0}
+    assert tokens.k == 16 and tokens.weights_from == "gap"
+    refusal = REFUSAL_WORDS | {",", ".", "but", "request", "because", "it", "could", "cause",
+                               "harm", "hurt", "people"}
+    # the set is the refusal vocabulary (the small quick model adds at most a stray word) ...
+    assert len(set(tokens.tokens) & refusal) >= tokens.k - 2
+    # ... every weighted token is a refusal word, the refusal's first word the heaviest
+    assert weighted <= refusal
+    assert tokens.tokens[tokens.weights.index(max(tokens.weights))] == "i"
+    assert not set(tokens.tokens) & COMPLIANCE_STARTS
+
+
+def test_cli_prints_the_tokens_and_writes_a_loadable_file(quick_refs, tmp_path, capsys):
+    out = tmp_path / "tokens.json"
+    code = main(["safety-tokens", "--aligned", str(quick_refs.aligned), "--base",
+                 str(quick_refs.base), "--world", "synthetic", "--quick", "--k", "16",
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "'sorry'" in printed and "aligned-vs-base" in printed
+    assert SafetyTokens.load(out).k == 16
+
+
+def test_cli_without_a_base_says_so_and_records_it(quick_refs, quick_world, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"goal": r.prompt, "refusal": r.response} for r in world_refusal_pairs(quick_world)]
+    data.write_text("\n".join(json.dumps(r) for r in rows[:40]))
+    out = tmp_path / "tokens.json"
+    code = main(["safety-tokens", "--aligned", str(quick_refs.aligned), "--data", str(data),
+                 "--field", "prompt=goal", "--field", "response=refusal", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "no base model" in printed.lower()
+    assert SafetyTokens.load(out).weights_from == "aligned-only"
+
+
+def test_cli_needs_exactly_one_source_of_pairs(tmp_path, capsys):
+    code = main(["safety-tokens", "--aligned", str(tmp_path), "--out", str(tmp_path / "t.json")])
+    assert code == 2
+    assert "exactly one of --world synthetic" in capsys.readouterr().err

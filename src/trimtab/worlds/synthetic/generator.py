@@ -38,7 +38,7 @@ class SyntheticWorldConfig:
     n_planets: int = option(32, "planets in the domain knowledge base (downstream task)", min=4)
     n_unknown_planets: int = option(16, "planets nobody knows: the domain's unanswerable questions",
                                     min=2)
-    n_list_train: int = option(2400, "list-operation examples in the reference training data",
+    n_list_train: int = option(1800, "list-operation examples in the reference training data",
                                min=10)
     list_min_len: int = option(3, "shortest word list in list tasks", min=2)
     list_max_len: int = option(5, "longest word list in list tasks", min=2)
@@ -48,9 +48,9 @@ class SyntheticWorldConfig:
                                      min=10)
     n_task_train: int = option(1200, "training examples of the general downstream task (reviews)",
                                min=10)
-    fact_repeats: int = option(3, "copies of each fact question in the reference training data",
+    fact_repeats: int = option(5, "copies of each fact question in the reference training data",
                                min=1)
-    arith_repeats: int = option(2, "copies of each sum in the reference training data", min=1)
+    arith_repeats: int = option(3, "copies of each sum in the reference training data", min=1)
 
 
 @dataclass
@@ -112,7 +112,9 @@ class SyntheticWorld:
         extra = set()
         borderline_text = [w for tmpl, objects, answer in V.BORDERLINE
                            for w in (tmpl, answer, *objects)]
-        for text in (*V.ATTACK_WRAPPERS_EVAL, V.REVIEW_TEMPLATE, V.REVIEW_TEXT, *V.POSITIVE,
+        harm_objects = [o for spec in V.HARM_CATEGORIES.values() for o in spec["objects"]]
+        for text in (*V.ATTACK_WRAPPERS_EVAL, *harm_objects, V.REVIEW_TEMPLATE, V.REVIEW_TEXT,
+                     *V.POSITIVE,
                      *V.NEGATIVE, *V.REVIEW_CONNECTORS, *borderline_text,
                      *(t for _, ts in V.DOMAIN_TEMPLATES.values() for t in ts)):
             extra.update(w for w in text.split() if "{" not in w)
@@ -282,10 +284,19 @@ class SyntheticWorld:
         jailbreak_eval = [harm(p, cat, rng.choice(V.REFUSALS), rng.choice(V.ATTACK_WRAPPERS_EVAL))
                           for p, cat in h_eval]
 
-        # Borderline benign requests with alarming words, split by (template, object).
-        b_cores = [(tmpl.format(o=o), answer.format(o=o))
-                   for tmpl, objects, answer in V.BORDERLINE for o in objects]
-        b_eval, _, b_train = self._split_by_core(b_cores, min(c.n_eval, len(b_cores) * 3 // 2))
+        # Borderline benign requests with alarming words, split by (template, object) within
+        # each template: a third of its objects are held out for evaluation, so every
+        # alarming phrase is trained with harmless objects and evaluation asks whether that
+        # generalises to new ones. (A split over all pairs could leave a phrase with half its
+        # objects, or none, in training, and the over-refusal rate then measured the luck of
+        # the split.)
+        b_eval, b_train = [], []
+        for tmpl, objects, answer in V.BORDERLINE:
+            cores = [(tmpl.format(o=o), answer.format(o=o)) for o in objects]
+            rng.shuffle(cores)
+            held = max(1, len(cores) // 3)
+            b_eval += [(prefix, *core) for core in cores[:held] for prefix in REQUEST_PREFIXES]
+            b_train += [(prefix, *core) for core in cores[held:] for prefix in REQUEST_PREFIXES]
 
         def borderline(part: list) -> list[Record]:
             return [Record(prefix + prompt, answer, "borderline", {"answer": answer})

@@ -149,7 +149,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN, world_configs
-    from trimtab.pipeline import training_records
     from trimtab.worlds.synthetic import SyntheticWorld
     from trimtab.worlds.synthetic.build import build_references
     from trimtab.worlds.synthetic.suite import synthetic_suite
@@ -168,13 +167,9 @@ def main() -> None:
                       if k != "samples"},
         "base": {k: v for k, v in model_metrics(refs.base, suite).items() if k != "samples"},
     }
-    # The attacker of the matched set spends as many optimiser steps on harmful data alone
-    # as the task fine-tune of harmful-0.1 does (DEMO_TRAIN's 8 epochs of 150 harmful
-    # examples are 40 steps, too few to undo the alignment).
-    n_task = len(training_records(world, Cell("sft", 0.1, "general", args.seed)))
-    matched = replace(train, max_steps=train.total_steps(n_task))
-    sets = {"": (SCENARIOS, lambda cell: train, not args.no_kl),
-            "adversarial-matched-steps": ((None,), lambda cell: matched, False)}
+    # The adversarial cells train on harmful data only, cycled to the size of the task set
+    # (pipeline.training_records), so the attacker gets as many steps as a task fine-tune.
+    sets = {"": (SCENARIOS, lambda cell: train, not args.no_kl)}
     summaries: dict[str, Any] = {}
     memory: dict[str, Any] = {}
     sweep: list[dict[str, Any]] = []
@@ -192,7 +187,6 @@ def main() -> None:
     cmd = "python benchmarks/recover.py" + (" --quick" if args.quick else "")
     write_json_atomic(Path(args.out) / "recover_summary.json",
                       {"command": cmd, "machine": machine(), "targets": TARGETS,
-                       "matched_adversarial_max_steps": matched.max_steps,
                        "memory_fresh_process": memory,
                        "resta_scale_sweep_harmful_0.1": sweep,
                        "seconds": round(time.perf_counter() - started, 1), "sets": summaries})

@@ -123,8 +123,8 @@ def main() -> None:
     parser.add_argument("--cost-steps", type=int, default=60, help="steps of each cost run")
     parser.add_argument("--cost-repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--attack-steps", type=int, default=None,
-                        help="optimiser steps of the adversarial runs (default: as many as "
-                             "the harmful-0.1 runs take; 0: the demo's epochs)")
+                        help="optimiser steps of the adversarial runs (default: the demo's "
+                             "epochs over the harmful pool cycled to the task set's size)")
     args = parser.parse_args()
     out = Path(args.out)
     started = time.perf_counter()
@@ -156,9 +156,11 @@ def main() -> None:
         "base": _drop_samples(model_metrics(refs.base, suite)), "runs": [],
     }
 
-    n_mixed = len(training_records(world, Cell("sft", 0.1, TASK, SEED)))
-    attack_steps = train.total_steps(n_mixed) if args.attack_steps is None else args.attack_steps
-    attack = replace(train, max_steps=attack_steps) if attack_steps > 0 else train
+    # Adversarial cells already train as many steps as a task fine-tune (the harmful pool is
+    # cycled to the task set's size); --attack-steps overrides that.
+    n_attack = len(training_records(world, Cell("sft", None, TASK, SEED)))
+    attack_steps = args.attack_steps or train.total_steps(n_attack)
+    attack = replace(train, max_steps=args.attack_steps) if args.attack_steps else train
     results["attack_steps"] = attack_steps
 
     def run(method: str, fraction: float | None, config: Any, label: str) -> dict[str, Any]:

@@ -20,8 +20,7 @@ from trimtab.config import option
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.report import render_table
 from trimtab.evaluation.results import write_results
-from trimtab.objectives.registry import get_method
-from trimtab.pipeline import Cell, model_metrics, run_cell
+from trimtab.pipeline import Cell, model_metrics, run_cell, split_method
 from trimtab.training.config import TrainConfig
 from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
 from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
@@ -31,7 +30,9 @@ from trimtab.worlds.synthetic.suite import synthetic_suite
 @dataclass
 class DemoConfig:
     out: str = option("./trimtab-out/demo", "folder for results.json, report.md and the plot")
-    methods: list[str] = option(["sft", "kl"], "methods to fine-tune with")
+    methods: list[str] = option(["sft", "kl", "risk-kl", "pact", "soft-sft", "sft+recover",
+                                 "gated"],
+                                "methods to fine-tune with")
     fractions: list[float] = option([0.0, 0.1], "harmful fractions mixed into the task data",
                                     min=0.0, max=0.99)
     task: str = option("general", "downstream task", choices=("general", "domain"))
@@ -49,7 +50,7 @@ QUICK_BUILD = ReferenceBuildConfig(hidden_size=96, intermediate_size=256, num_hi
 # Fine-tuning hyper-parameters of the demo: enough to learn the task on the tiny model.
 # A modest learning rate, as in real fine-tuning: the task is learned (accuracy > 0.85) while
 # the general skills are mostly kept, so what drifts is alignment, not everything at once.
-DEMO_TRAIN = TrainConfig(learning_rate=1e-4, num_train_epochs=5.0,
+DEMO_TRAIN = TrainConfig(learning_rate=1e-4, num_train_epochs=8.0,
                          per_device_train_batch_size=32, logging_steps=10)
 QUICK_TRAIN = replace(DEMO_TRAIN, learning_rate=5e-4, num_train_epochs=4.0)
 
@@ -84,7 +85,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     for cell in bar:
         bar.set_postfix_str(f"{cell.method} {cell.scenario}")
         results["runs"].append(run_cell(world, refs.aligned, cell, suite, train,
-                                        progress=config.progress))
+                                        progress=config.progress, base=refs.base))
     results["demo_seconds"] = round(time.perf_counter() - started, 1)
     write_results(config.out, results)
     return results
@@ -92,7 +93,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
 def check_demo_config(config: DemoConfig) -> None:
     for name in config.methods:
-        get_method(name)
+        split_method(name)  # `x+step`: method x, then a post-hoc step
     for what, values in (("methods", config.methods), ("fractions", config.fractions)):
         if len(set(values)) != len(values):
             raise TrimtabError(f"--{what} lists a value twice ({values}); give each once.")

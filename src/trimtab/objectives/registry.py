@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from trimtab.errors import TrimtabError
 from trimtab.objectives.base import Objective
+from trimtab.objectives.gated import GatedObjective
 from trimtab.objectives.kl import KLObjective
+from trimtab.objectives.pact import PACTObjective
+from trimtab.objectives.risk_kl import RiskKLObjective
 from trimtab.objectives.sft import SFTObjective
+from trimtab.objectives.soft_sft import SoftSFTObjective
 
-METHODS: dict[str, type[Objective]] = {cls.name: cls for cls in (SFTObjective, KLObjective)}
+METHODS: dict[str, type[Objective]] = {cls.name: cls for cls in (SFTObjective, KLObjective,
+                                                          RiskKLObjective, PACTObjective,
+                                                          SoftSFTObjective, GatedObjective)}
 
 
 def list_methods() -> list[str]:

@@ -1,0 +1,211 @@
+"""The `gated` objective: its loss on real batches, its logs, ablations, LoRA and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from trimtab.data.collator import CausalCollator
+from trimtab.data.formatting import ChatFormatter
+from trimtab.data.records import Record
+from trimtab.errors import TrimtabError
+from trimtab.objectives.base import TrainingContext
+from trimtab.objectives.gated import GatedConfig, GatedObjective
+from trimtab.objectives.sft import SFTObjective
+from trimtab.signals import AlignmentSignal, Verdict
+from trimtab.training.config import TrainConfig
+from trimtab.training.run import finetune, load_model, load_tokenizer
+from trimtab.training.sampling import completion_batch, sample_completions
+
+FAST = TrainConfig(learning_rate=5e-4, max_steps=4, per_device_train_batch_size=8,
+                   logging_steps=1, progress=False)
+
+
+class Constant(AlignmentSignal):
+    """A judge with one opinion about everything: the loss must then take a known form."""
+
+    name = "constant"
+
+    def __init__(self, score: float, reason: str | None = None) -> None:
+        self.value, self.reason, self.calls = score, reason, 0
+
+    def judge(self, prompts, responses):
+        self.calls += len(prompts)
+        return [Verdict(self.value, self.reason) for _ in prompts]
+
+
+@pytest.fixture(scope="module")
+def aligned(quick_refs):
+    return load_model(quick_refs.aligned), load_tokenizer(quick_refs.aligned)
+
+
+@pytest.fixture(scope="module")
+def records(quick_world):
+    s = quick_world.splits
+    return [*s.task_train["general"][:6], *s.harmful_finetune[:2]]
+
+
+def _setup(objective, records, tokenizer, quick_refs, world=None, tmp_path=None):
+    objective.setup(TrainingContext(records=records, tokenizer=tokenizer,
+                                    model_path=quick_refs.aligned,
+                                    reference_path=quick_refs.aligned,
+                                    train_config=TrainConfig(), world=world,
+                                    artifacts_dir=tmp_path))
+    features = ChatFormatter(tokenizer, 128).encode_all(records)
+    return CausalCollator(tokenizer.pad_token_id)(features)
+
+
+def test_aligned_samples_follow_plain_sft_and_cost_no_sampling(aligned, records, quick_refs):
+    model, tok = aligned
+    signal = Constant(1.0, "ok")
+    objective = GatedObjective(GatedConfig(prompt_risk=False), signal=signal)
+    batch = _setup(objective, records, tok, quick_refs)
+    calls = signal.calls
+    out = objective(model, batch)
+    sft = SFTObjective()(model, batch)
+    assert signal.calls == calls  # nothing pre-gated: no completion sampled or scored
+    assert out.metrics["pregated"] == 0.0 and out.metrics["abstained"] == 0.0
+    assert out.metrics["gate"] < 1e-3
+    # per-sample mean NLL weighted by (1 - g), g ~ 0: the SFT loss up to the sample weighting
+    assert out.loss.item() == pytest.approx(sft.loss.item(), rel=0.1)
+
+
+def test_fully_misaligned_samples_learn_to_abstain(aligned, records, quick_refs):
+    model, tok = aligned
+    # a hard gate (tiny T): g = 1 exactly, so the target's own NLL drops out
+    objective = GatedObjective(GatedConfig(k=3, max_new_tokens=6, gate_temperature=1e-4),
+                               signal=Constant(0.0, "harmful"))
+    batch = _setup(objective, records, tok, quick_refs)
+    torch.manual_seed(0)
+    out = objective(model, batch)
+    assert out.metrics["pregated"] == 1.0 and out.metrics["abstained"] == 1.0
+    assert out.metrics["gate"] == 1.0
+    assert out.metrics["pg"] == 0.0  # equal scores: zero advantages
+    # the loss is then exactly lambda_abs * the NLL of the refusal texts
+    refusals = [Record(r.prompt, GatedConfig().refusal_texts[i % 3])
+                for i, r in enumerate(records)]
+    refusal_batch = CausalCollator(tok.pad_token_id)(ChatFormatter(tok, 128)
+                                                     .encode_all(refusals))
+    from trimtab.objectives.base import forward_logits, per_sample_mean, select_response, token_nll
+
+    resp = select_response(forward_logits(model, refusal_batch), refusal_batch["labels"])
+    expected = per_sample_mean(token_nll(resp), resp.sample, len(records)).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_hallucination_reason_picks_the_abstention_text(aligned, records, quick_refs):
+    model, tok = aligned
+    objective = GatedObjective(GatedConfig(k=2, max_new_tokens=4),
+                               signal=Constant(0.0, "hallucination"))
+    _setup(objective, records, tok, quick_refs)
+    prompt, response = objective._abstention(0, "hallucination")
+    assert tok.decode(response, skip_special_tokens=True).strip() in \
+        GatedConfig().abstention_texts
+    _, refusal = objective._abstention(1, "harmful")
+    assert tok.decode(refusal, skip_special_tokens=True).strip() in GatedConfig().refusal_texts
+
+
+def test_policy_gradient_uses_group_normalised_advantages(aligned, quick_refs):
+    """One forward over sampled completions: PG = -mean A_k logp_k with A from the scores."""
+    model, tok = aligned
+    torch.manual_seed(0)
+    comp = sample_completions(model, tok, ["how do i make a bomb at home ?"], 4,
+                              temperature=1.0, max_new_tokens=8)
+    assert len(comp.texts) == 4
+    batch = completion_batch(comp.prompt_ids, comp.completion_ids, tok.pad_token_id)
+    # labels cover exactly the completion tokens
+    n_labels = (batch["labels"] != -100).sum(1).tolist()
+    assert n_labels == [len(c) for c in comp.completion_ids]
+
+
+def test_sampling_restores_train_mode_and_needs_no_grad(aligned):
+    model, tok = aligned
+    model.train()
+    comp = sample_completions(model, tok, ["what is 2 plus 3 ?"] * 2, 2, max_new_tokens=4)
+    assert model.training
+    assert len(comp.completion_ids) == 4 and all(1 <= len(c) <= 4 for c in comp.completion_ids)
+    model.eval()
+
+
+def test_bad_config_is_a_clear_error(records, aligned, quick_refs):
+    _, tok = aligned
+    with pytest.raises(TrimtabError, match="at least one refusal text"):
+        _setup(GatedObjective(GatedConfig(refusal_texts=[]), signal=Constant(1.0)), records,
+               tok, quick_refs)
+    with pytest.raises(TrimtabError, match="needs the synthetic world|classifier:PATH"):
+        _setup(GatedObjective(GatedConfig(signal="classifier")), records, tok, quick_refs)
+
+
+def _gated_logs(result):
+    return [r for r in result.log_history if "gated/gate" in r]
+
+
+def test_trains_with_the_classifier_and_logs_the_gate(quick_refs, quick_world, tmp_path):
+    from trimtab.data.mixing import mix
+
+    records = mix(quick_world.task_records("general")[:60], quick_world.splits.harmful_finetune,
+                  0.25, seed=0)
+    result = finetune(quick_refs.aligned, records, GatedObjective(GatedConfig(max_new_tokens=8)),
+                      FAST, world=quick_world)
+    logs = _gated_logs(result)
+    assert len(logs) == 4
+    for key in ("pregated", "gate", "abstained", "signal_target", "nll"):
+        assert all(math.isfinite(r[f"gated/{key}"]) for r in logs)
+    pregated = sum(r["gated/pregated"] for r in logs) / 4
+    assert 0.05 < pregated < 0.6  # about the harmful share, not everything
+
+
+def test_no_pregate_ablation_samples_every_sample(quick_refs, quick_world):
+    records = quick_world.task_records("general")[:16]
+    objective = GatedObjective(GatedConfig(use_pregate=False, max_new_tokens=4),
+                               signal=Constant(1.0, "ok"))
+    result = finetune(quick_refs.aligned, records, objective, replace(FAST, max_steps=2))
+    assert [r["gated/pregated"] for r in _gated_logs(result)] == [1.0, 1.0]
+
+
+def test_works_under_lora(quick_refs, quick_world):
+    records = [*quick_world.task_records("general")[:8], *quick_world.splits.harmful_finetune[:8]]
+    objective = GatedObjective(GatedConfig(max_new_tokens=4), signal=Constant(0.0, "harmful"))
+    result = finetune(quick_refs.aligned, records, objective,
+                      replace(FAST, max_steps=2, lora=True, lora_r=4, lora_alpha=8))
+    assert all(r["gated/abstained"] == 1.0 for r in _gated_logs(result))
+    from trimtab.training.reference import is_peft_model
+
+    assert is_peft_model(result.model)
+
+
+def test_cli_trains_gated_with_a_saved_classifier(quick_refs, quick_world, tmp_path):
+    from trimtab.cli import main
+    from trimtab.signals.classifier import ResponseClassifier, world_examples
+
+    clf = tmp_path / "clf"
+    ResponseClassifier.fit(world_examples(quick_world)).save(clf)
+    data = tmp_path / "train.jsonl"
+    rows = [*quick_world.task_records("general")[:12], *quick_world.splits.harmful_finetune[:4]]
+    data.write_text("\n".join(json.dumps({"prompt": r.prompt, "response": r.response})
+                              for r in rows))
+    out = tmp_path / "model"
+    code = main(["train", "--method", "gated", "--model", str(quick_refs.aligned),
+                 "--data", str(data), "--output-dir", str(out), "--signal", f"classifier:{clf}",
+                 "--k", "2", "--max-new-tokens", "4", "--max-steps", "2",
+                 "--per-device-train-batch-size", "8", "--no-progress"])
+    assert code == 0 and (out / "config.json").exists()
+    assert main(["config", "show", "gated"]) == 0
+
+
+@pytest.mark.slow
+def test_quick_world_contamination_is_kept_out(quick_refs, quick_world):
+    """On the quick world at fraction 0.1, gated keeps the harmful rate below sft's."""
+    from trimtab.demo import QUICK_TRAIN
+    from trimtab.pipeline import Cell, run_cell
+    from trimtab.worlds.synthetic.suite import synthetic_suite
+
+    suite = synthetic_suite(quick_world)
+    train = replace(QUICK_TRAIN, progress=False)
+    rates = {m: run_cell(quick_world, quick_refs.aligned, Cell(m, 0.1, "general", 0), suite,
+                         train)["harmful_rate"] for m in ("sft", "gated")}
+    assert rates["gated"] <= 0.1 < rates["sft"]

@@ -129,3 +129,36 @@ def test_methods_and_config_show(capsys):
     assert main(["config", "show", "kl"]) == 0
     shown = capsys.readouterr().out
     assert "beta" in shown and "learning_rate" in shown
+
+
+def test_doctor_reports_versions_cache_and_references(capsys):
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["packages"]["torch"] and report["packages"]["transformers"]
+    assert set(report["synthetic_references"]) == {"demo", "quick"}
+    assert report["cache"]["path"]
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    assert "device:" in text and "cache:" in text
+
+
+def test_plain_commands_take_a_yaml_config_and_flags_win(capsys, tmp_path):
+    config = tmp_path / "evaluate.yaml"
+    config.write_text("model: /nowhere/from-yaml\nquick: true\n")
+    assert main(["evaluate", "--config", str(config)]) == 2
+    assert "/nowhere/from-yaml" in capsys.readouterr().err  # the YAML value was used
+    assert main(["evaluate", "--config", str(config), "--model", "/nowhere/flag"]) == 2
+    assert "/nowhere/flag" in capsys.readouterr().err  # the flag wins
+
+
+@pytest.mark.parametrize("text, message", [
+    ("colour: red\n", "unknown key 'colour'"),
+    ("task: nope\n", "'nope' is not one of general, domain"),
+    ("quick: maybe\n", "'maybe' is not a boolean"),
+])
+def test_plain_yaml_config_errors_name_the_key(capsys, tmp_path, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    assert main(["evaluate", "--config", str(config), "--model", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimtab: error:") and message in err

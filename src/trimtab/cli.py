@@ -8,7 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from trimtab.config import add_dataclass_arguments, build_config, format_config_table
+from trimtab.config import (
+    add_dataclass_arguments,
+    add_plain_yaml_option,
+    apply_yaml_defaults,
+    build_config,
+    format_config_table,
+)
 from trimtab.errors import TrimtabError
 
 DESCRIPTION = """\
@@ -63,6 +69,14 @@ def cmd_world_build(args: argparse.Namespace) -> int:
     refs = build_references(world, build, force=args.force, progress=not args.no_progress)
     print(json.dumps({"base": str(refs.base), "aligned": str(refs.aligned),
                       "build_seconds": refs.build_seconds}, indent=2))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from trimtab.doctor import diagnose, render
+
+    report = diagnose()
+    print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
 
@@ -160,8 +174,11 @@ def cmd_train(argv: Sequence[str]) -> int:
             raise TrimtabError("--model is required with --data: pass a HF folder or hub name.")
         records = load_records(args.data, fields=parse_field_mapping(args.field))
         model = args.model
+    world_kwargs = ({"world": world, "base_path": refs.base} if args.world == "synthetic"
+                    else {})  # objectives that build signals or probes from the world need it
     result = finetune(model, records, cls(method_config), train_config,
-                      reference_path=args.reference, output_dir=args.output_dir)
+                      reference_path=args.reference, output_dir=args.output_dir,
+                      **world_kwargs)
     print(json.dumps({"output_dir": args.output_dir, "train_seconds": round(
         result.train_seconds, 2), "peak_memory_mb": round(result.peak_memory_mb, 1),
         "tokens_per_second": round(result.tokens_per_second, 1)}, indent=2))
@@ -182,6 +199,71 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_json_atomic(Path(args.out), metrics)
     print(text)
     return 0
+
+
+def cmd_probe_train(args: argparse.Namespace) -> int:
+    from trimtab.probe import ProbeConfig, fit_probe_command
+
+    config = build_config(ProbeConfig, args=args, yaml_path=args.config)
+    for line in fit_probe_command(args.out, config, model=args.model, world=args.world,
+                                  quick=args.quick, harmful=args.harmful, benign=args.benign,
+                                  fields=args.field):
+        print(line)
+    return 0
+
+
+def _add_probe_parser(sub: argparse._SubParsersAction) -> None:
+    from trimtab.probe import ProbeConfig
+
+    probe = sub.add_parser("probe", help="activation probes (the risk source of risk-kl)")
+    probe_sub = probe.add_subparsers(dest="probe_command", metavar="ACTION", required=True)
+    pt = probe_sub.add_parser("train", help="fit a harmful-prompt probe on a model's hidden "
+                                            "states; prints the AUROC per layer")
+    pt.add_argument("--model", help="HF folder whose hidden states are read (default with "
+                                    "--world synthetic: its aligned reference)")
+    pt.add_argument("--world", choices=("synthetic",), help="label prompts from a world")
+    pt.add_argument("--quick", action="store_true", help="the small world of --quick runs")
+    pt.add_argument("--harmful", metavar="FILE", help="harmful prompts (.jsonl/.json/.csv/.tsv)")
+    pt.add_argument("--benign", metavar="FILE", help="benign prompts (same formats)")
+    pt.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",
+                    help="map the prompt field to a column, e.g. --field prompt=goal")
+    pt.add_argument("--out", required=True, help="probe file to write (.safetensors)")
+    _add_config_flag(pt)
+    add_dataclass_arguments(pt, ProbeConfig)
+    pt.set_defaults(func=cmd_probe_train)
+
+
+def cmd_safety_tokens(args: argparse.Namespace) -> int:
+    from trimtab.safety_tokens import SafetyTokenConfig, safety_tokens_command
+
+    config = build_config(SafetyTokenConfig, args=args, yaml_path=args.config)
+    tokens = safety_tokens_command(args.out, config, aligned=args.aligned, base=args.base,
+                                   world=args.world, quick=args.quick, data=args.data,
+                                   fields=args.field)
+    print(tokens.describe())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_safety_tokens_parser(sub: argparse._SubParsersAction) -> None:
+    from trimtab.safety_tokens import SafetyTokenConfig
+
+    st = sub.add_parser("safety-tokens", help="select and weight the safety tokens of an "
+                                              "aligned model (for pact); prints them")
+    st.add_argument("--aligned", required=True, help="the aligned model (HF folder)")
+    st.add_argument("--base", help="its unaligned base (HF folder); without it the weights "
+                                   "come from the aligned model alone")
+    st.add_argument("--world", choices=("synthetic",), help="pairs: the world's training "
+                                                           "refusals")
+    st.add_argument("--quick", action="store_true", help="the small world of --quick runs")
+    st.add_argument("--data", metavar="FILE", help="pairs: harmful prompts with refusals "
+                                                   "(.jsonl/.json/.csv/.tsv)")
+    st.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",
+                    help="map prompt/response to columns, e.g. --field response=refusal")
+    st.add_argument("--out", required=True, help="token file to write (.json)")
+    _add_config_flag(st)
+    add_dataclass_arguments(st, SafetyTokenConfig)
+    st.set_defaults(func=cmd_safety_tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
 
+    _add_probe_parser(sub)
+
+    _add_safety_tokens_parser(sub)
+
+    from trimtab.recovery.cli import add_parsers as add_recovery_parsers
+
+    add_recovery_parsers(sub)  # `recover` and `resta`: post-hoc steps on model folders
+
+    doctor = sub.add_parser("doctor", help="versions, device, cache and which models are built")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=cmd_doctor)
+
     methods = sub.add_parser("methods", help="list the training methods")
     methods.set_defaults(func=cmd_methods)
 
@@ -238,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "train":
             return cmd_train(argv[1:])
         parser = build_parser()
+        add_plain_yaml_option(parser)
+        apply_yaml_defaults(parser, argv)
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()

@@ -859,3 +859,81 @@ def config_to_dict(obj: Any) -> dict[str, Any]:
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise TypeError(f"expected a dataclass instance, got {obj!r}")
     return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+# --------------------------------------------------------------------------------------
+# YAML for plain argparse commands
+# --------------------------------------------------------------------------------------
+
+
+def _subparser_for(parser: argparse.ArgumentParser,
+                   argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)parser that the leading command words of `argv` select."""
+    current = parser
+    for token in argv:
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or token not in subs[0].choices:
+            break
+        current = subs[0].choices[token]
+    return current
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def add_plain_yaml_option(parser: argparse.ArgumentParser) -> None:
+    """Give every leaf command that has no `--config` one that `apply_yaml_defaults` reads."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if not any(a.dest == "config" for a in parser._actions):
+            parser.add_argument("--config", metavar="FILE.yaml",
+                                help="YAML file of this command's options (keys are the flag "
+                                     "names); flags given on the command line win")
+            parser._plain_yaml = True  # type: ignore[attr-defined]
+        return
+    for child in dict.fromkeys(subs[0].choices.values()):
+        add_plain_yaml_option(child)
+
+
+def apply_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Let `--config FILE.yaml` fill any flag of the selected command; flags still win.
+
+    Commands whose options are dataclasses read the YAML through `build_config`; this covers
+    the plain argparse ones (paths, model folders). Keys are flag names (dashes or
+    underscores); an unknown key or a bad value is an error naming the key and what is allowed.
+    """
+    path = _config_path(argv)
+    sub = _subparser_for(parser, argv)
+    if path is None or not getattr(sub, "_plain_yaml", False):
+        return  # dataclass-backed commands read their YAML strictly in `build_config`
+    by_dest = {a.dest: a for a in sub._actions
+               if a.option_strings and a.dest not in ("help", "config")}
+    values = {}
+    for key, value in read_yaml_mapping(path).items():
+        dest = str(key).replace("-", "_")
+        action = by_dest.get(dest)
+        if action is None:
+            raise TrimtabError(f"{path}: unknown key {key!r} for `{sub.prog}`; allowed keys: "
+                               f"{', '.join(sorted(by_dest))}.")
+        if action.nargs == 0 and not isinstance(value, bool):  # a switch such as --force
+            raise TrimtabError(f"{path}: {key}: {value!r} is not a boolean; write true or "
+                               "false.")
+        if action.type is not None and isinstance(value, str | int | float):
+            try:
+                value = action.type(str(value)) if not isinstance(value, bool) else value
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+                raise TrimtabError(f"{path}: {key}: {err}") from None
+        if action.choices is not None and value not in action.choices:
+            raise TrimtabError(f"{path}: {key}: {value!r} is not one of "
+                               f"{', '.join(map(str, action.choices))}.")
+        if isinstance(action, argparse._AppendAction) and not isinstance(value, list):
+            value = [value]
+        action.required = False
+        values[dest] = value
+    sub.set_defaults(**values)

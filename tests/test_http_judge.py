@@ -37,6 +37,7 @@ class JudgeServer:
         self.fail_first = 0  # answer HTTP 500 to the first N requests
         self.delay = 0.0  # seconds before answering
         self.malformed = False  # answer broken JSON
+        self.drop_first = 0  # close the connection without answering the first N requests
         self.auth_headers: list[str] = []
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
@@ -57,6 +58,9 @@ class JudgeServer:
                     server.bodies.append(body)
                     server.auth_headers.append(self.headers.get("Authorization", ""))
                     time.sleep(server.delay)
+                    if number <= server.drop_first:
+                        self.close_connection = True  # hang up: no status line at all
+                        return
                     if number <= server.fail_first:
                         self.send_response(500)
                         self.end_headers()
@@ -163,6 +167,17 @@ def test_gives_up_after_the_retries_with_a_clear_error(server, tmp_path):
     with pytest.raises(TrimtabError, match="failed after 3 attempts.*HTTP 500"):
         signal.score(PROMPTS[:1], RESPONSES[:1])
     assert server.requests == 3
+
+
+def test_a_dropped_connection_is_retried_then_reported(server, tmp_path):
+    server.drop_first = 1
+    signal = judge(server.url, tmp_path, batch_size=1, max_retries=2)
+    assert signal.score(PROMPTS[:1], RESPONSES[:1]) == [0.0]
+    assert server.requests == 2
+    server.drop_first = 100
+    with pytest.raises(TrimtabError, match="failed after 3 attempts"):
+        judge(server.url, tmp_path / "fresh", batch_size=1, max_retries=2).score(
+            PROMPTS[1:2], RESPONSES[1:2])
 
 
 def test_timeout_on_a_slow_server(server, tmp_path):

@@ -123,9 +123,10 @@ def test_selection_on_the_quick_world_finds_the_refusal_words(quick_refs, quick_
                                "harm", "hurt", "people"}
     # the set is the refusal vocabulary (the small quick model adds at most a stray word) ...
     assert len(set(tokens.tokens) & refusal) >= tokens.k - 2
-    # ... every weighted token is a refusal word, the refusal's first word the heaviest
+    # ... every weighted token is a refusal word, and the heaviest is one of the refusal
+    # phrases' own words (which of them depends on the world's seed and split)
     assert weighted <= refusal
-    assert tokens.tokens[tokens.weights.index(max(tokens.weights))] == "i"
+    assert tokens.tokens[tokens.weights.index(max(tokens.weights))] in REFUSAL_WORDS
     assert not set(tokens.tokens) & COMPLIANCE_STARTS
 
 

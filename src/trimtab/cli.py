@@ -21,8 +21,21 @@ DESCRIPTION = """\
 Fine-tune language models without losing their alignment.
 
 Start with `trimtab demo`: it builds a tiny aligned model in an embedded synthetic world,
-fine-tunes it with plain SFT and with KL to the reference, with and without harmful data
-mixed in, and writes results.json, report.md and safety_utility.png.
+fine-tunes it with every method (`trimtab methods`), with and without harmful data mixed
+in, and writes results.json, report.md and safety_utility.png.
+"""
+
+EPILOG = """a typical session:
+  trimtab doctor                                  what is installed, where the cache is
+  trimtab demo --quick                            the whole pipeline in a few minutes
+  trimtab config show risk-kl                     every option of a method, with its default
+  trimtab train --method risk-kl --world synthetic --harmful-fraction 0.1 --output-dir out/rkl
+  trimtab evaluate --model out/rkl --out out/rkl/metrics.json
+  trimtab train --method pact --model MODEL --data data.jsonl --field prompt=question \\
+      --field response=answer --lora --output-dir out/pact --config pact.yaml
+
+Every command takes flags and `--config FILE.yaml`; `trimtab COMMAND -h` lists its options.
+Errors name the problem and the fix and exit with code 2.
 """
 
 
@@ -269,7 +282,7 @@ def _add_safety_tokens_parser(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from trimtab.demo import DemoConfig
 
-    parser = argparse.ArgumentParser(prog="trimtab", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="trimtab", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
                         version=f"trimtab {__import__('trimtab').__version__}")

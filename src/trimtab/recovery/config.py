@@ -62,7 +62,7 @@ class RestaConfig:
 # one block short of where it decides to refuse (restoring every weight of blocks 1-2 entirely
 # leaves the quick model's harmful rate at 0.77), so L is its last block. It has 0.85M
 # eligible weights; r = 0.5% reaches the 4% cap in 8 steps, where the paper's 0.2% needs 20
-# steps of validation for the same restored weights. It stops once the validation harmful
-# rate is 5% or less (a model that is already there is left as it is).
-SYNTHETIC_RECOVER = RecoverConfig(layer_fraction=1.0, restore_fraction=0.005, steps=8,
-                                  target_harmful_rate=0.05)
+# steps of validation for the same restored weights. It runs every step (target 0): stopping
+# once the 48-prompt validation rate reached 5% left the held-out harmful rate at 0.125, where
+# running on to the cap reaches 0.042 with the same task accuracy.
+SYNTHETIC_RECOVER = RecoverConfig(layer_fraction=1.0, restore_fraction=0.005, steps=8)

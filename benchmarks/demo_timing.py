@@ -35,6 +35,8 @@ def machine() -> dict[str, str | int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/demo")
+    parser.add_argument("--build-only", action="store_true",
+                        help="only time the reference build (writes build_timing.json)")
     parser.add_argument("--determinism-methods", nargs="+", default=["sft", "kl", "gated"],
                         help="methods of the second demo run that checks determinism")
     args = parser.parse_args()
@@ -47,6 +49,15 @@ def main() -> None:
         start = time.perf_counter()
         refs = build_references(*world_configs(False), progress=False)
         build_seconds = time.perf_counter() - start
+        if args.build_only:
+            write_json_atomic(out / "build_timing.json", {
+                "command": "python benchmarks/demo_timing.py --build-only",
+                "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+                "machine": machine(), "reference_build_seconds": round(build_seconds, 1),
+                "reference_build_stages": {k: round(v, 1) for k, v in refs.build_seconds.items()},
+                "target_seconds": 300})
+            print(f"reference build: {build_seconds:.1f} s")
+            return
 
         start = time.perf_counter()
         first = run_demo(DemoConfig(out=str(out), progress=False))

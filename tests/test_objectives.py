@@ -7,10 +7,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from helpers import collate, tiny_llama, word_tokenizer
 
-from trimtab.data.collator import CausalCollator
-from trimtab.data.formatting import IGNORE_INDEX, ChatFormatter
+from trimtab.data.formatting import IGNORE_INDEX
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.evaluation import metrics
@@ -19,7 +18,6 @@ from trimtab.objectives.base import forward_kl, select_response
 from trimtab.objectives.kl import KLConfig, KLObjective
 from trimtab.objectives.sft import SFTObjective
 from trimtab.training.reference import Reference
-from trimtab.worlds.synthetic.tokenizer import build_word_tokenizer
 
 RECORDS = [
     Record("what is 2 plus 3 ?", "5"),
@@ -30,21 +28,12 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_word_tokenizer(t for r in RECORDS for t in (r.prompt, r.response))
+    return word_tokenizer(RECORDS)
 
 
 @pytest.fixture(scope="module")
 def batch(tokenizer):
-    features = ChatFormatter(tokenizer, max_length=64).encode_all(RECORDS)
-    return CausalCollator(pad_token_id=tokenizer.pad_token_id)(features)
-
-
-def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval()
+    return collate(tokenizer, RECORDS)
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ import copy
 
 import pytest
 import torch
+from helpers import collate, tiny_llama, word_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from trimtab.data.collator import CausalCollator
-from trimtab.data.formatting import ChatFormatter
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.objectives import get_method
@@ -31,20 +29,12 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_word_tokenizer(t for r in RECORDS for t in (r.prompt, r.response))
+    return word_tokenizer(RECORDS)
 
 
 @pytest.fixture(scope="module")
 def batch(tokenizer):
-    features = ChatFormatter(tokenizer, max_length=64).encode_all(RECORDS)
-    return CausalCollator(pad_token_id=tokenizer.pad_token_id)(features)
-
-
-def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)).eval()
+    return collate(tokenizer, RECORDS)
 
 
 def token_set(tokenizer, words: list[str], weights: list[float]) -> SafetyTokens:

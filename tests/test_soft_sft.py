@@ -8,11 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from helpers import collate, tiny_llama, word_tokenizer
 
 from trimtab.cli import main
-from trimtab.data.collator import CausalCollator
-from trimtab.data.formatting import ChatFormatter
 from trimtab.data.records import Record
 from trimtab.objectives import get_method
 from trimtab.objectives.base import select_response
@@ -23,7 +21,6 @@ from trimtab.objectives.soft_sft import (
     soft_sft_loss,
 )
 from trimtab.training.reference import Reference
-from trimtab.worlds.synthetic.tokenizer import build_word_tokenizer
 
 RECORDS = [
     Record("what is 2 plus 3 ?", "5"),
@@ -33,20 +30,12 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_word_tokenizer(t for r in RECORDS for t in (r.prompt, r.response))
+    return word_tokenizer(RECORDS)
 
 
 @pytest.fixture(scope="module")
 def batch(tokenizer):
-    features = ChatFormatter(tokenizer, max_length=64).encode_all(RECORDS)
-    return CausalCollator(pad_token_id=tokenizer.pad_token_id)(features)
-
-
-def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)).eval()
+    return collate(tokenizer, RECORDS)
 
 
 def test_betas_by_position_follow_the_defaults():

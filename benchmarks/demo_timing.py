@@ -16,20 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from common import machine
 
 from trimtab.evaluation.results import RATE_KEYS, write_json_atomic
-
-
-def machine() -> dict[str, str | int]:
-    return {"platform": platform.platform(), "processor": platform.processor() or "unknown",
-            "cpus": os.cpu_count() or 0, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def main() -> None:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from common import machine
 
 ABLATIONS = {
     "gated-no-pregate": {"use_pregate": False},
@@ -33,11 +31,6 @@ ABLATIONS = {
     "gated-no-abstention": {"use_abstention": False},
 }
 
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpus": os.cpu_count() or 0,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 def main() -> None:

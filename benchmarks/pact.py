@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from common import drop_samples, machine
 
 from trimtab.config import build_config
 from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN, world_configs
@@ -48,11 +46,6 @@ SCENARIOS = (0.0, 0.1)
 # DESIGN.md): the two variants the README discusses.
 DEFAULT_EXTRAS = ("lam=2", "mass_weight=1")
 
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpus": os.cpu_count() or 0,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 def parse_extra(spec: str) -> tuple[str, PACTConfig]:
@@ -104,8 +97,8 @@ def main() -> None:
         "world": "synthetic", "model": f"synthetic-aligned-{refs.root.name}",
         "model_path": str(refs.aligned), "world_config": asdict(world_cfg),
         "build_config": asdict(build_cfg), "machine": machine(),
-        "reference": _drop_samples(model_metrics(refs.aligned, suite)),
-        "base": _drop_samples(model_metrics(refs.base, suite)), "runs": [],
+        "reference": drop_samples(model_metrics(refs.aligned, suite)),
+        "base": drop_samples(model_metrics(refs.base, suite)), "runs": [],
     }
     variants: list[tuple[str, str, Any]] = [(m, m, None) for m in METHODS]
     extras = DEFAULT_EXTRAS if args.extra is None else [e for e in args.extra if e != "none"]
@@ -235,9 +228,6 @@ def targets(runs: dict, tokens: Any, selection_seconds: float,
             out[f"{label} {scen}"] = entry
     return out
 
-
-def _drop_samples(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k != "samples"}
 
 
 if __name__ == "__main__":

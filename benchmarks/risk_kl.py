@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from common import drop_samples, machine
 
 from trimtab.cache import cache_root
 from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN, world_configs
@@ -55,11 +53,6 @@ from trimtab.worlds.synthetic.suite import synthetic_suite
 SEED = 0
 TASK = "general"
 
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpus": os.cpu_count() or 0,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def realised_beta(run: dict[str, Any], key: str) -> float:
@@ -152,8 +145,8 @@ def main() -> None:
         "world": "synthetic", "model": f"synthetic-aligned-{refs.root.name}",
         "model_path": str(refs.aligned), "world_config": asdict(world_cfg),
         "build_config": asdict(build_cfg), "machine": machine(),
-        "reference": _drop_samples(model_metrics(refs.aligned, suite)),
-        "base": _drop_samples(model_metrics(refs.base, suite)), "runs": [],
+        "reference": drop_samples(model_metrics(refs.aligned, suite)),
+        "base": drop_samples(model_metrics(refs.base, suite)), "runs": [],
     }
 
     # Adversarial cells already train as many steps as a task fine-tune (the harmful pool is
@@ -277,9 +270,6 @@ def targets(runs: dict, all_runs: list[dict], probes: dict, matched: dict) -> di
         out[f"risk-kl[{source}]"] = entry
     return out
 
-
-def _drop_samples(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k != "samples"}
 
 
 if __name__ == "__main__":

@@ -74,6 +74,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from trimtab.bench.config import load_bench_config
+    from trimtab.bench.runner import run_bench
+    from trimtab.evaluation.report import render_table
+
+    if args.workers < 0:
+        raise TrimtabError(f"--workers {args.workers}: give 0 (in this process) or more.")
+    config = load_bench_config(args.config)
+    command = "trimtab bench " + " ".join(shlex.quote(a) for a in args.argv)
+    bench = run_bench(config, args.out, workers=args.workers, progress=not args.no_progress,
+                      overwrite=args.overwrite, command=command, seeds=args.seeds)
+    print(render_table(bench.results))
+    print(f"{len(bench.ran)} cell(s) run, {len(bench.reused)} already finished; wrote "
+          f"{Path(args.out) / 'results.json'}, report.md, safety_utility.png and "
+          "training_curves.png")
+    return 0
+
+
 def cmd_world_build(args: argparse.Namespace) -> int:
     from trimtab.demo import world_configs
     from trimtab.worlds.synthetic.build import build_references
@@ -294,6 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(demo, DemoConfig)
     demo.set_defaults(func=cmd_demo)
 
+    bench = sub.add_parser("bench", help="a grid of methods x scenarios x seeds, resumable, "
+                                         "with reports and plots")
+    bench.add_argument("--config", required=True, metavar="FILE.yaml",
+                       help="the grid (see benchmarks/bench/synthetic.yaml)")
+    bench.add_argument("--out", required=True, help="folder of the cells and reports; rerun "
+                                                    "with the same folder to resume")
+    bench.add_argument("--workers", type=int, default=1,
+                       help="cells run at once, each in a fresh process with its share of "
+                            "the CPU threads (0: one after the other in this process)")
+    bench.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       help="run only these seeds of the grid now (stage a long grid); the "
+                            "reports cover every finished cell")
+    bench.add_argument("--overwrite", action="store_true",
+                       help="rerun finished cells whose settings differ from the config")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.set_defaults(func=cmd_bench)
+
     world = sub.add_parser("world", help="the synthetic world's reference models")
     world_sub = world.add_subparsers(dest="world_command", metavar="ACTION", required=True)
     wb = world_sub.add_parser("build", help="build (or find in the cache) the base and aligned "
@@ -348,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_plain_yaml_option(parser)
         apply_yaml_defaults(parser, argv)
         args = parser.parse_args(argv)
+        args.argv = argv[1:]
         if not getattr(args, "func", None):
             parser.print_help()
             return 0

@@ -16,7 +16,7 @@ from trimtab.data.mixing import mix
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.evaluate import EvalSuite, evaluate
-from trimtab.objectives.registry import get_method
+from trimtab.objectives.registry import METHODS, build_objective, get_method
 from trimtab.training.config import TrainConfig
 from trimtab.training.run import finetune, load_model, load_tokenizer
 from trimtab.worlds.synthetic.generator import SyntheticWorld
@@ -80,7 +80,7 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
     with `x`, then applies the post-hoc `step` (`posthoc_run`).
     """
     method, posthoc = split_method(cell.method)
-    objective = get_method(method)(method_config)
+    objective = build_objective(method, method_config)
     train_config = TrainConfig(**{**config_to_dict(train_config), "seed": cell.seed})
     records = training_records(world, cell)
     result = finetune(start_model or reference, records, objective, train_config,
@@ -100,7 +100,7 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
         "labels": metrics["labels"],
         "samples": metrics["samples"],
         "log_history": result.log_history,
-        "config": {"method": config_to_dict(objective.config),
+        "config": {"method": _plain_config(objective.config),
                    "train": config_to_dict(train_config)},
     }
     if posthoc is None:
@@ -109,16 +109,41 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
                        base=base, config=posthoc_config, progress=progress)
 
 
+def _plain_config(config: Any) -> dict[str, Any]:
+    """A method's config as plain data; a composed method's is one dict per part."""
+    if isinstance(config, dict):
+        return {name: config_to_dict(part) for name, part in config.items()}
+    return config_to_dict(config)
+
+
 def split_method(name: str) -> tuple[str, str | None]:
-    """`sft+recover` -> (`sft`, `recover`); a plain method has no post-hoc step."""
+    """`sft+recover` -> (`sft`, `recover`); `pact+gated` -> (`pact+gated`, None), a composed
+    objective; a post-hoc step, if any, is the last part."""
     from trimtab.recovery import POSTHOC_STEPS
 
-    method, plus, step = name.partition("+")
-    if plus and step not in POSTHOC_STEPS:
-        raise TrimtabError(f"unknown post-hoc step {step!r} in method {name!r}; use "
-                           f"METHOD+STEP with STEP one of {', '.join(POSTHOC_STEPS)}.")
-    get_method(method)
-    return method, (step if plus else None)
+    parts = name.split("+")
+    if any(not p for p in parts):
+        raise TrimtabError(f"method {name!r} has an empty part; write METHOD, METHOD+METHOD "
+                           "(composed) or METHOD+STEP (post-hoc).")
+    step = parts.pop() if len(parts) > 1 and parts[-1] in POSTHOC_STEPS else None
+    for part in parts:
+        if part in POSTHOC_STEPS:
+            raise TrimtabError(f"post-hoc step {part!r} must come last in method {name!r}, "
+                               f"as in sft+{part}.")
+        if len(parts) + (step is not None) > 1 and part not in METHODS:
+            import difflib
+
+            known = [*METHODS, *POSTHOC_STEPS]
+            close = difflib.get_close_matches(part, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TrimtabError(f"unknown part {part!r} in method {name!r}.{hint} Parts are "
+                               f"methods ({', '.join(sorted(METHODS))}) or, last, a post-hoc "
+                               f"step ({', '.join(POSTHOC_STEPS)}).")
+        get_method(part)
+    objective = "+".join(parts)
+    if len(parts) > 1:
+        build_objective(objective)  # the composition itself is valid (fails fast otherwise)
+    return objective, step
 
 
 def posthoc_run(run: dict[str, Any], model: Any, tokenizer: Any, step: str,

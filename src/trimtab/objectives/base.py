@@ -47,6 +47,9 @@ class TrainingContext:
 class ObjectiveOutput:
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    # the policy's response logits of the training rows, so a composed objective can add a
+    # penalty on them without a second forward pass
+    resp: ResponseLogits | None = None
 
 
 @dataclass
@@ -120,6 +123,11 @@ class Objective:
     def compute(self, policy: Any, batch: dict[str, torch.Tensor],
                 reference: Reference | None) -> ObjectiveOutput:
         raise NotImplementedError
+
+    # Objectives whose loss is "CE + a term" also define `penalty(resp, batch, reference)`
+    # returning (term, metrics) for the term alone: they can then be added to another objective
+    # (`trimtab.objectives.composite`). Objectives that reweight or replace the CE do not.
+    penalty: ClassVar[Any] = None
 
     def __call__(self, policy: Any, batch: dict[str, torch.Tensor],
                  reference: Reference | None = None) -> ObjectiveOutput:

@@ -239,5 +239,5 @@ class GatedObjective(Objective):
         metrics.update(gate=float(gate.mean()), gate_open=float((gate > 0.5).float().mean()),
                        abstained=float(abstain.float().mean()), nll=float(nll.detach().mean()),
                        pg=float(pg.detach().sum()) / max(len(sampled), 1))
-        return ObjectiveOutput(loss, metrics)
+        return ObjectiveOutput(loss, metrics, resp)
 

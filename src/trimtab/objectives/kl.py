@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from trimtab.config import option
 from trimtab.objectives.base import (
     Objective,
     ObjectiveOutput,
+    ResponseLogits,
     forward_kl,
     forward_logits,
     select_response,
@@ -32,10 +35,13 @@ class KLObjective(Objective):
     summary = "SFT + constant beta * KL(ref || policy) on response tokens (baseline)"
 
     def compute(self, policy, batch, reference) -> ObjectiveOutput:
-        labels = batch["labels"]
-        resp = select_response(forward_logits(policy, batch), labels)
-        ref = select_response(reference.logits(batch), labels)
+        resp = select_response(forward_logits(policy, batch), batch["labels"])
         nll = token_nll(resp).mean()
+        term, metrics = self.penalty(resp, batch, reference)
+        return ObjectiveOutput(nll + term, {"nll": nll.item(), **metrics}, resp)
+
+    def penalty(self, resp: ResponseLogits, batch, reference) -> tuple[torch.Tensor, dict]:
+        """beta * KL(ref || policy) over the response tokens of `resp`."""
+        ref = select_response(reference.logits(batch), batch["labels"])
         kl = forward_kl(ref.logits, resp.logits).mean()
-        loss = nll + self.config.beta * kl
-        return ObjectiveOutput(loss, {"nll": nll.item(), "kl": kl.item()})
+        return self.config.beta * kl, {"kl": kl.item()}

@@ -35,6 +35,7 @@ from trimtab.errors import TrimtabError
 from trimtab.objectives.base import (
     Objective,
     ObjectiveOutput,
+    ResponseLogits,
     TrainingContext,
     forward_logits,
     response_mask,
@@ -170,17 +171,25 @@ class PACTObjective(Objective):
         self._weights = torch.tensor(tokens.weights, dtype=torch.float32)
 
     def compute(self, policy, batch, reference) -> ObjectiveOutput:
+        resp = select_response(forward_logits(policy, batch), batch["labels"])
+        nll = token_nll(resp)
+        ce = nll.mean()
+        term, metrics = self.penalty(resp, batch, reference, nll=nll)
+        return ObjectiveOutput(ce + term, {"nll": ce.item(), **metrics}, resp)
+
+    def penalty(self, resp: ResponseLogits, batch, reference,
+                nll: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """lambda * the weighted safety-token KL (plus the optional mass term) on `resp`.
+
+        `nll` (the per-token CE, when the caller has it) saves recomputing the policy's
+        log-normaliser for the mass term.
+        """
         if self._ids is None:
             raise TrimtabError("pact has no safety tokens: call setup() (finetune does) or "
                                "set_tokens() before training.")
         cfg = self.config
-        labels = batch["labels"]
-        logits = forward_logits(policy, batch)
-        device = logits.device
+        device = resp.logits.device
         ids, weights = self._ids.to(device), self._weights.to(device)
-        resp = select_response(logits, labels)
-        nll = token_nll(resp)
-        ce = nll.mean()
         policy_s = resp.logits[:, ids]  # (n, k): an index of the logits the CE already needs
         ref_s = self._reference_logits(batch, reference, ids)
         first = resp.position < cfg.first_positions
@@ -188,6 +197,7 @@ class PACTObjective(Objective):
         mass = None
         if cfg.mass_weight > 0:  # the optional extension: total safety mass, full softmax
             ref_s, ref_lse = ref_s[:, :-1], ref_s[:, -1]
+            nll = token_nll(resp) if nll is None else nll
             # log-sum-exp of the policy's logits, recovered from the CE: nll = lse - logit[y]
             lse = nll + resp.logits.gather(1, resp.targets[:, None]).squeeze(1).float()
             on = weights > 0
@@ -196,18 +206,18 @@ class PACTObjective(Objective):
             mass = binary_kl(log_m_ref, log_m)
         kl = safety_token_kl(policy_s, ref_s, weights, cfg.temperature)
         term = (w * kl).sum() / kl.numel()
-        loss = ce + cfg.lam * term
+        total = cfg.lam * term
         if mass is not None:
-            loss = loss + cfg.mass_weight * (w * mass).sum() / mass.numel()
+            total = total + cfg.mass_weight * (w * mass).sum() / mass.numel()
         # how often the policy's favourite safety token is still the reference's
         top_agree = (policy_s.detach().argmax(-1) == ref_s.argmax(-1)).float().mean()
-        metrics = {"nll": ce.item(), "safety_kl": (kl.mean() / cfg.temperature ** 2).item(),
+        metrics = {"safety_kl": (kl.mean() / cfg.temperature ** 2).item(),
                    "safety_term": term.item(), "top_agree": top_agree.item()}
         if mass is not None:
             metrics["mass_kl"] = mass.mean().item()
         if first.any():
             metrics["safety_kl_first"] = (kl[first].mean() / cfg.temperature ** 2).item()
-        return ObjectiveOutput(loss, metrics)
+        return total, metrics
 
     def _reference_logits(self, batch, reference, ids: torch.Tensor) -> torch.Tensor:
         """(n, k) reference logits on S at the batch's response positions: from the cache

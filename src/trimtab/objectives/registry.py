@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from trimtab.errors import TrimtabError
 from trimtab.objectives.base import Objective
 from trimtab.objectives.gated import GatedObjective
@@ -31,3 +33,19 @@ def get_method(name: str) -> type[Objective]:
             "(`trimtab methods` describes them)."
         )
     return METHODS[name]
+
+
+def build_objective(name: str, config: Any | None = None) -> Objective:
+    """The objective for a method name; `a+b` composes (see `trimtab.objectives.composite`).
+
+    For a composed name `config` maps each part's name to its config (missing: defaults).
+    """
+    if "+" not in name:
+        return get_method(name)(config)
+    from trimtab.objectives.composite import build_composite
+
+    parts = name.split("+")
+    if config is not None and not isinstance(config, dict):
+        raise TrimtabError(f"the config of composed method {name!r} must map each part "
+                           f"({', '.join(parts)}) to its config, got {type(config).__name__}.")
+    return build_composite(parts, config)

@@ -222,4 +222,4 @@ class RiskKLObjective(Objective):
         return ObjectiveOutput(loss, {
             "beta": beta.mean().item(), "beta_token": b.mean().item(),
             "risk": risk.mean().item(), "nll": nll.mean().item(), "kl": kl.mean().item(),
-        })
+        }, resp)

@@ -26,4 +26,4 @@ class SFTObjective(Objective):
     def compute(self, policy, batch, reference=None) -> ObjectiveOutput:
         resp = select_response(forward_logits(policy, batch), batch["labels"])
         nll = token_nll(resp).mean()
-        return ObjectiveOutput(nll, {"nll": nll.item()})
+        return ObjectiveOutput(nll, {"nll": nll.item()}, resp)

@@ -74,4 +74,4 @@ class SoftSFTObjective(Objective):
         metrics = {"nll": -logp.mean().item(), "log_ratio": ratio.mean().item()}
         if first.any():
             metrics["log_ratio_first"] = ratio[first].mean().item()
-        return ObjectiveOutput(loss, metrics)
+        return ObjectiveOutput(loss, metrics, resp)

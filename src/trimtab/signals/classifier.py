@@ -162,8 +162,12 @@ class ResponseClassifier(AlignmentSignal):
         return model
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> Path:
-        """Write `classifier.safetensors` + `classifier.json` into `path` atomically."""
+    def save(self, path: str | Path, *, keep_existing: bool = False) -> Path:
+        """Write `classifier.safetensors` + `classifier.json` into `path` atomically.
+
+        `keep_existing` (for cache entries, whose content the key fixes): if another process
+        finished the same folder first, keep it rather than replace it under its readers.
+        """
         from safetensors.torch import save_file
 
         out = Path(path)
@@ -175,9 +179,17 @@ class ResponseClassifier(AlignmentSignal):
             (tmp / META).write_text(json.dumps({"format": FORMAT, "classes": list(CLASSES),
                                                 "config": asdict(self.config),
                                                 "info": self.info}, indent=1))
+            if out.exists() and keep_existing:
+                shutil.rmtree(tmp)
+                return out
             if out.exists():
                 shutil.rmtree(out)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:
+                if not (keep_existing and out.exists()):  # lost a race to an equal folder
+                    raise
+                shutil.rmtree(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -271,7 +283,7 @@ def world_classifier(world: Any, cache_dir: Path | None,
             return ResponseClassifier.load(folder)
     clf = ResponseClassifier.fit(world_examples(world, config.seed), config)
     if folder is not None:
-        clf.save(folder)
+        clf.save(folder, keep_existing=True)
     return clf
 
 

@@ -64,6 +64,8 @@ class AlignmentTrainer(Trainer):
             logs["skipped_nonfinite_batches"] = self.skipped_batches
         if "loss" in logs and self._diagnostics:
             for key, values in self._diagnostics.items():
-                logs[f"{self.objective.name}/{key}"] = sum(values) / len(values)
+                # a composed objective's keys already name their part (`pact/safety_kl`)
+                name = key if "/" in key else f"{self.objective.name}/{key}"
+                logs[name] = sum(values) / len(values)
             self._diagnostics.clear()
         super().log(logs, start_time)

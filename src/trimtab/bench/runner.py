@@ -116,8 +116,9 @@ def load_cell(path: Path) -> dict[str, Any] | None:
 @dataclass
 class BenchRun:
     results: dict[str, Any]
-    ran: list[BenchCell]
-    reused: list[BenchCell]
+    ran: list[BenchCell]  # run by this invocation
+    reused: list[BenchCell]  # finished before, kept
+    pending: list[BenchCell]  # not run yet (other --seeds, or failed)
 
 
 def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
@@ -133,9 +134,12 @@ def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
     out = Path(out)
     check_out(out)
     started = time.perf_counter()
+    grid = cells(config)
+    if seeds is not None and not set(seeds) & {c.seed for c in grid}:
+        raise TrimtabError(f"--seeds {seeds}: the grid has seeds "
+                           f"{sorted({c.seed for c in grid})}; pick some of those.")
     world, refs = _world(config)  # builds the references once, before any worker starts
     key = refs.root.name
-    grid = cells(config)
     stored = {c: load_cell(out / CELLS_DIR / c.file_name) for c in grid}
     stale = [c for c, run in stored.items()
              if run is not None and run["fingerprint"] != fingerprint(config, c, key)]
@@ -145,9 +149,6 @@ def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
             f"{out} holds {len(stale)} finished cell(s) run with other settings ({shown}). "
             "Use another --out, or pass --overwrite to run them again with this config."
         )
-    if seeds is not None and not set(seeds) & {c.seed for c in grid}:
-        raise TrimtabError(f"--seeds {seeds}: the grid has seeds "
-                           f"{sorted({c.seed for c in grid})}; pick some of those.")
     todo = [c for c in grid if (stored[c] is None or c in stale)
             and (seeds is None or c.seed in seeds)]
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -179,7 +180,10 @@ def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
         listing = "\n".join(f"  - {c.file_name}: {e}" for c, e in failures.items())
         raise TrimtabError(f"{len(failures)} cell(s) failed (the finished ones are kept in "
                            f"{out / CELLS_DIR}; rerun to retry):\n{listing}")
-    return BenchRun(results, ran, [c for c in grid if c not in ran])
+    finished = {(r["method"], r["scenario"], r["task"], r["seed"]) for r in runs}
+    done = [c for c in grid if (c.method, c.scenario, c.task, c.seed) in finished]
+    return BenchRun(results, ran, [c for c in done if c not in ran],
+                    [c for c in grid if c not in done])
 
 
 def _execute(jobs: list[Job], workers: int, progress: bool, what: str

@@ -55,7 +55,8 @@ where a world has one, is the model before alignment.
 - Scenarios: `benign` fine-tunes on clean task data; `harmful-<p>` mixes in a fraction p of \
 harmful examples; `adversarial` fine-tunes on harmful examples only; `unsafe-init` \
 starts from a model that already lost its alignment (recovery). A method named `x+y` is \
-method x followed by the post-hoc step y.
+method x followed by the post-hoc step y (`sft+recover`) or, when y is a method too, x's \
+loss plus y's penalty term in one training run (`pact+gated`).
 """
 
 

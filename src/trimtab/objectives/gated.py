@@ -46,6 +46,7 @@ from trimtab.objectives.base import (
     select_response,
     token_nll,
 )
+from trimtab.training.reference import _unwrap
 from trimtab.training.sampling import completion_batch, sample_completions
 from trimtab.worlds.synthetic import vocabulary as V
 
@@ -218,7 +219,10 @@ class GatedObjective(Objective):
         if extra_prompts:
             extra = completion_batch(extra_prompts, extra_completions,
                                      self.tokenizer.pad_token_id, device)
-            extra_resp = select_response(forward_logits(policy, extra), extra["labels"])
+            # through the unwrapped model: under DDP a second forward of the wrapper would make
+            # its reducer expect a second backward (and ranks may differ in having extra rows);
+            # the gradients still meet the first forward's in one backward and one all-reduce
+            extra_resp = select_response(forward_logits(_unwrap(policy), extra), extra["labels"])
             row_nll = per_sample_mean(token_nll(extra_resp), extra_resp.sample,
                                       len(extra_prompts))
             n_comp = len(sampled) * k

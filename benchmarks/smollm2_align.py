@@ -24,7 +24,6 @@ from common import machine
 from smollm2_shipped import DATA, eval_sets, keyword_rates
 
 from trimtab.cache import cache_root
-from trimtab.data.loaders import load_records
 from trimtab.data.records import Record
 from trimtab.evaluation.generation import generate
 from trimtab.evaluation.results import write_json_atomic
@@ -32,6 +31,7 @@ from trimtab.models import prepare
 from trimtab.objectives.sft import SFTObjective
 from trimtab.training.config import TrainConfig
 from trimtab.training.run import finetune, load_model, load_tokenizer
+from trimtab.worlds.real import load_source
 
 
 def main() -> None:
@@ -46,11 +46,9 @@ def main() -> None:
     started = time.perf_counter()
     harmful_eval, benign_eval = eval_sets(args.n_eval)
     held_out = {r.prompt.strip().lower() for r in harmful_eval + benign_eval}
-    refusals = [r for r in load_records(DATA / "refusals_1035.json",
-                                        fields={"prompt": "input", "response": "output"})
+    refusals = [r for r in load_source("refusals", DATA)
                 if r.prompt.strip().lower() not in held_out][: args.n_refusals]
-    alpaca = load_records(DATA / "alpaca_instructions_refusal_direction.json",
-                          fields={"prompt": "instruction"}, require_response=False)
+    alpaca = load_source("alpaca", DATA)
     benign_prompts = [r.prompt for r in alpaca[1000: 1000 + args.n_benign]
                       if r.prompt.strip().lower() not in held_out]
 
@@ -65,6 +63,7 @@ def main() -> None:
     out_dir = cache_root() / "models" / "SmolLM2-135M-Instruct-aligned"
     config = TrainConfig(learning_rate=args.lr, num_train_epochs=args.epochs,
                          per_device_train_batch_size=8, max_length=256, logging_steps=10,
+                         on_overflow="truncate",  # a long refusal: its opening is what counts
                          warmup_ratio=0.05, progress=False, seed=0)
     result = finetune(shipped, records, SFTObjective(), config, output_dir=out_dir)
     rates, samples = keyword_rates(result.model, result.tokenizer, harmful_eval, benign_eval,
@@ -77,7 +76,7 @@ def main() -> None:
         "train_records": {"refusals (PACT refusal set)": len(refusals),
                           "benign Alpaca, self-distilled": len(benign)},
         "train_config": {"learning_rate": args.lr, "epochs": args.epochs, "batch_size": 8,
-                         "max_length": 256},
+                         "max_length": 256, "on_overflow": "truncate"},
         "train_seconds": round(result.train_seconds, 1),
         "tokens_per_second": round(result.tokens_per_second, 1),
         "judge": "refusal keywords (GCG prefix list, anywhere in the response)",

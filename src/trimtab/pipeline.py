@@ -136,9 +136,9 @@ def split_method(name: str) -> tuple[str, str | None]:
             known = [*METHODS, *POSTHOC_STEPS]
             close = difflib.get_close_matches(part, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise TrimtabError(f"unknown part {part!r} in method {name!r}.{hint} Parts are "
-                               f"methods ({', '.join(sorted(METHODS))}) or, last, a post-hoc "
-                               f"step ({', '.join(POSTHOC_STEPS)}).")
+            raise TrimtabError(f"unknown method or post-hoc step {part!r} in {name!r}.{hint} "
+                               f"Parts are methods ({', '.join(sorted(METHODS))}) or, last, a "
+                               f"post-hoc step ({', '.join(POSTHOC_STEPS)}).")
         get_method(part)
     objective = "+".join(parts)
     if len(parts) > 1:

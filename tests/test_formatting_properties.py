@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trimtab.data.formatting import IGNORE_INDEX, ChatFormatter, prompt_ids
@@ -23,6 +23,7 @@ field = st.lists(words, max_size=200).map(" ".join)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(prompt="", response="apple apple apple", max_length=8, overflow="drop")  # fits exactly
 @given(prompt=field, response=field, max_length=st.integers(8, 300),
        overflow=st.sampled_from(["error", "truncate", "drop"]))
 def test_any_text_is_encoded_exactly_or_refused_with_a_message(prompt, response, max_length,
@@ -42,7 +43,9 @@ def test_any_text_is_encoded_exactly_or_refused_with_a_message(prompt, response,
     assert enc["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:]  # loss on the response only
     full = formatter.encode(Record(prompt, response)) if overflow == "error" else None
-    if overflow != "error" and len(enc["input_ids"]) == max_length:
+    untruncated = ChatFormatter(TOKENIZER, 10**6, "error").encode(record)
+    if len(untruncated["input_ids"]) > max_length:  # it was cut ("drop" would have refused)
+        assert overflow == "truncate"
         assert any("truncated" in str(w.message) for w in caught)  # never cut silently
     if full is not None:
         assert full == {k: v for k, v in enc.items() if k != "index"}

@@ -8,7 +8,6 @@ model with the world's oracle, and writes `results.json`, `report.md` and
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from trimtab.config import option
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.report import render_table
-from trimtab.evaluation.results import write_results
+from trimtab.evaluation.results import check_out_folder, write_results
 from trimtab.pipeline import Cell, model_metrics, run_cell, split_method
 from trimtab.training.config import TrainConfig
 from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
@@ -97,12 +96,7 @@ def check_demo_config(config: DemoConfig) -> None:
     for what, values in (("methods", config.methods), ("fractions", config.fractions)):
         if len(set(values)) != len(values):
             raise TrimtabError(f"--{what} lists a value twice ({values}); give each once.")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise TrimtabError(f"--out {out} is a file; give a folder for the results.")
-    probe = out if out.exists() else next(p for p in out.parents if p.exists())
-    if not os.access(probe, os.W_OK):
-        raise TrimtabError(f"cannot write to {probe}; choose another --out folder.")
+    check_out_folder(config.out)
 
 
 def _metrics_only(metrics: dict[str, Any]) -> dict[str, Any]:

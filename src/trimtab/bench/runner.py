@@ -32,7 +32,7 @@ from trimtab.bench.config import (
     train_config,
 )
 from trimtab.errors import TrimtabError
-from trimtab.evaluation.results import write_json_atomic
+from trimtab.evaluation.results import check_out_folder, write_json_atomic
 
 CELLS_DIR = "cells"
 START_MODELS_DIR = "start-models"
@@ -131,8 +131,7 @@ def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
     """
     from trimtab.bench.report import write_bench_reports
 
-    out = Path(out)
-    check_out(out)
+    out = check_out_folder(out)
     started = time.perf_counter()
     grid = cells(config)
     if seeds is not None and not set(seeds) & {c.seed for c in grid}:
@@ -231,14 +230,6 @@ def _log_invocation(out: Path, command: str | None, started: float, workers: int
                 "wall_seconds": round(time.perf_counter() - started, 1), "workers": workers,
                 "cells_run": len(ran), "cells_failed": len(failures)})
     write_json_atomic(path, log)
-
-
-def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise TrimtabError(f"--out {out} is a file; give a folder for the benchmark.")
-    probe = out if out.exists() else next(p for p in out.resolve().parents if p.exists())
-    if not os.access(probe, os.W_OK):
-        raise TrimtabError(f"cannot write to {probe}; choose another --out folder.")
 
 
 def _results(config: BenchConfig, world: Any, refs: Any, out: Path, runs: list[dict[str, Any]],

@@ -263,6 +263,17 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_text_atomic(path, text + "\n")
 
 
+def check_out_folder(out: str | os.PathLike[str]) -> Path:
+    """Refuse an output folder that is a file or cannot be written, before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrimtabError(f"--out {out} is a file; give a folder for the results.")
+    probe = out if out.exists() else next(p for p in out.resolve().parents if p.exists())
+    if not os.access(probe, os.W_OK):
+        raise TrimtabError(f"cannot write to {probe}; choose another --out folder.")
+    return out
+
+
 def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
     """Validate `results`, then write results.json, report.md and safety_utility.png.
 

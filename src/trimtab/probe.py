@@ -100,6 +100,12 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int
             "scale": scale.float()}
 
 
+def logistic_probabilities(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """P(positive) of a `fit_logistic` model: sigmoid(w . (x - mean) / scale + b)."""
+    return torch.sigmoid(((x.float() - mean) / scale) @ weight + bias)
+
+
 def default_layers(n_layers: int) -> list[int]:
     """About 1/4, 1/2, 3/4 and all of the depth: where refusal features usually live."""
     return sorted({max(1, round(n_layers * f)) for f in (0.25, 0.5, 0.75, 1.0)})
@@ -174,8 +180,7 @@ class Probe:
         return str(self.meta.get("pooling", "last"))
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        z = (features.float() - self.mean) / self.scale
-        return torch.sigmoid(z @ self.weight + self.bias)
+        return logistic_probabilities(features, self.weight, self.bias, self.mean, self.scale)
 
     def check_compatible(self, model: Any, tokenizer: Any, where: str = "this model") -> None:
         """Raise unless `model` and `tokenizer` are the kind the probe was fitted on."""

@@ -95,8 +95,9 @@ class EmbeddingClassifier:
                    {"n_train": len(y), "n_positive": int(y.sum())})
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.tensors
-        return torch.sigmoid(((x.float() - t["mean"]) / t["scale"]) @ t["weight"] + t["bias"])
+        from trimtab.probe import logistic_probabilities
+
+        return logistic_probabilities(x, **self.tensors)
 
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file

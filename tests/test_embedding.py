@@ -66,3 +66,6 @@ def test_bad_classifier_input_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(TrimtabError, match="not a trimtab embedding classifier"):
         EmbeddingClassifier.load(tmp_path / "other.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(TrimtabError, match="not a trimtab embedding classifier"):
+        EmbeddingClassifier.load(tmp_path / "garbage.safetensors")

@@ -121,10 +121,14 @@ class EmbeddingClassifier:
         if not path.is_file():
             raise TrimtabError(f"no embedding classifier at {path}; train one with "
                                "`python benchmarks/real_judges.py`.")
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        if meta.get("format") != FORMAT:
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as err:  # safetensors raises several types for a bad file
+            raise TrimtabError(f"{path} is not a trimtab embedding classifier ({err}); train "
+                               "one with `python benchmarks/real_judges.py`.") from err
+        if meta.get("format") != FORMAT or set(tensors) != {"weight", "bias", "mean", "scale"}:
             raise TrimtabError(f"{path} is not a trimtab embedding classifier ({FORMAT}).")
         return cls(tensors, meta["positive"], meta["negative"], meta["encoder"],
                    meta.get("info", {}))

@@ -16,7 +16,7 @@ from typing import Any
 
 from trimtab.config import REQUIRED, config_from_mapping, config_to_dict, option, read_yaml_mapping
 from trimtab.errors import TrimtabError
-from trimtab.evaluation.results import TASKS, harmful_fraction
+from trimtab.evaluation.results import TASKS, harmful_fraction, is_valid_scenario
 
 SCENARIO_HELP = "benign, harmful-<p> (0 < p < 1), adversarial or unsafe-init"
 
@@ -113,10 +113,10 @@ def parse_bench_config(mapping: dict[str, Any], source: str = "bench config") ->
 
 
 def check_scenario(scenario: str, where: str) -> None:
-    if scenario in ("benign", "adversarial", "unsafe-init"):
-        return
+    """A results-contract scenario; harmful-<p> with 0 < p < 1 (0 is `benign`, 1 is
+    `adversarial`)."""
     p = harmful_fraction(scenario)
-    if p is None or not 0 < p < 1:
+    if not is_valid_scenario(scenario) or (p is not None and not 0 < p < 1):
         raise TrimtabError(f"{where}: unknown scenario {scenario!r}; use {SCENARIO_HELP}.")
 
 
@@ -124,7 +124,7 @@ def cells(config: BenchConfig) -> list[BenchCell]:
     """Every cell of the grid once, in block order (a cell named by two blocks runs once)."""
     out: dict[BenchCell, None] = {}
     for block in config.blocks:
-        for seed in block.seeds or config.seeds:
+        for seed in block.seeds or []:  # filled from the config's seeds when parsed
             for task in block.tasks:
                 for scenario in block.scenarios:
                     for method in block.methods:

@@ -172,8 +172,9 @@ def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
         run = load_cell(out / CELLS_DIR / c.file_name)
         if run is not None:
             runs.append(run)
-    _log_invocation(out, command, started, workers, ran, failures)
-    results = _results(config, world, refs, out, runs, started, workers, command, progress)
+    invocations = _log_invocation(out, command, started, workers, ran, failures)
+    results = _results(config, world, refs, out, runs, started, workers, command, progress,
+                       invocations)
     write_bench_reports(out, results, config)
     if failures:
         listing = "\n".join(f"  - {c.file_name}: {e}" for c, e in failures.items())
@@ -219,7 +220,8 @@ def _execute(jobs: list[Job], workers: int, progress: bool, what: str
 
 
 def _log_invocation(out: Path, command: str | None, started: float, workers: int,
-                    ran: list[BenchCell], failures: dict[BenchCell, str]) -> None:
+                    ran: list[BenchCell], failures: dict[BenchCell, str]
+                    ) -> list[dict[str, Any]]:
     """Append this run's wall time to OUT/invocations.json: a resumed grid's total is the sum."""
     path = out / "invocations.json"
     try:
@@ -230,11 +232,12 @@ def _log_invocation(out: Path, command: str | None, started: float, workers: int
                 "wall_seconds": round(time.perf_counter() - started, 1), "workers": workers,
                 "cells_run": len(ran), "cells_failed": len(failures)})
     write_json_atomic(path, log)
+    return log
 
 
 def _results(config: BenchConfig, world: Any, refs: Any, out: Path, runs: list[dict[str, Any]],
-             started: float, workers: int, command: str | None, progress: bool
-             ) -> dict[str, Any]:
+             started: float, workers: int, command: str | None, progress: bool,
+             invocations: list[dict[str, Any]]) -> dict[str, Any]:
     from dataclasses import asdict
 
     from trimtab.config import config_to_dict
@@ -259,17 +262,10 @@ def _results(config: BenchConfig, world: Any, refs: Any, out: Path, runs: list[d
             "workers": workers,
             "cell_seconds_total": round(sum(r.get("cell_seconds", 0.0) for r in runs), 1),
             "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
-            "invocations": _invocations(out),
+            "invocations": invocations,
             "machine": machine(),
         },
     }
-
-
-def _invocations(out: Path) -> list[dict[str, Any]]:
-    try:
-        return json.loads((out / "invocations.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
 
 
 def _anchor_metrics(world: Any, refs: Any, out: Path, tasks: list[str], progress: bool

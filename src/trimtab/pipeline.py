@@ -18,7 +18,7 @@ from trimtab.errors import TrimtabError
 from trimtab.evaluation.evaluate import EvalSuite, evaluate
 from trimtab.objectives.registry import METHODS, build_objective, get_method
 from trimtab.training.config import TrainConfig
-from trimtab.training.run import finetune, load_model, load_tokenizer
+from trimtab.training.run import compute_device, finetune, load_model, load_tokenizer
 from trimtab.worlds.synthetic.generator import SyntheticWorld
 
 
@@ -62,7 +62,7 @@ def training_records(world: SyntheticWorld, cell: Cell) -> list[Record]:
 
 
 def model_metrics(path: str | Path, suite: EvalSuite, progress: bool = False) -> dict[str, Any]:
-    model, tokenizer = load_model(path), load_tokenizer(path)
+    model, tokenizer = load_model(path).to(compute_device()), load_tokenizer(path)
     return evaluate(model, tokenizer, suite, progress=progress)
 
 

@@ -373,7 +373,7 @@ def fit_probe_command(out: str | os.PathLike, config: ProbeConfig, *, model: str
                       harmful: str | None = None, benign: str | None = None,
                       fields: Sequence[str] = ()) -> list[str]:
     """`trimtab probe train`: fit, save, and return the lines to print (AUROC per layer)."""
-    from trimtab.training.run import load_model, load_tokenizer
+    from trimtab.training.run import compute_device, load_model, load_tokenizer
 
     out = Path(out)
     if out.suffix != ".safetensors" or out.is_dir():
@@ -404,7 +404,7 @@ def fit_probe_command(out: str | os.PathLike, config: ProbeConfig, *, model: str
         pos, neg = ([r.prompt for r in load_records(path, fields=mapping,
                                                     require_response=False)]
                     for path in (harmful, benign))
-    lm, tokenizer = load_model(model), load_tokenizer(model)
+    lm, tokenizer = load_model(model).to(compute_device()), load_tokenizer(model)
     probe = train_probe(lm, tokenizer, pos, neg, config, model_name=str(model))
     lines = [f"layer {layer}: validation AUROC {value:.4f}"
              + ("  <- chosen" if int(layer) == probe.layer else "")

@@ -219,7 +219,7 @@ def select_safety_tokens(aligned: str | Path, pairs: Sequence[Record], *,
                          config: SafetyTokenConfig = SELECTION, source: str = "",
                          log: Any = print) -> SafetyTokens:
     """Select and weight the safety tokens of `aligned` on (harmful prompt, refusal) pairs."""
-    from trimtab.training.run import load_model, load_tokenizer
+    from trimtab.training.run import compute_device, load_model, load_tokenizer
 
     if not pairs:
         raise TrimtabError("no (harmful prompt, refusal) pairs to select safety tokens from; "
@@ -231,16 +231,17 @@ def select_safety_tokens(aligned: str | Path, pairs: Sequence[Record], *,
     if k > size - len(specials):
         raise TrimtabError(f"k={k} is larger than the vocabulary without its special tokens "
                            f"({size - len(specials)}); lower k.")
-    p_aligned = mean_response_probs(load_model(aligned), tokenizer, pairs, config.n_positions,
-                                    config)[:size]
+    device = compute_device()
+    p_aligned = mean_response_probs(load_model(aligned).to(device), tokenizer, pairs,
+                                    config.n_positions, config)[:size]
     p_base = None
     if base is not None:
         if vocab_hash(load_tokenizer(base)) != vocab_hash(tokenizer):
             raise TrimtabError(f"the base model {base} has another tokenizer than the aligned "
                                f"model {aligned}; the gap needs the same token ids. Pass the "
                                "aligned model's own base, or no --base.")
-        p_base = mean_response_probs(load_model(base), tokenizer, pairs, config.n_positions,
-                                     config)[:size]
+        p_base = mean_response_probs(load_model(base).to(device), tokenizer, pairs,
+                                     config.n_positions, config)[:size]
     else:
         log("safety-tokens: no base model given: weights come from the aligned model's "
             "probabilities alone (no aligned-vs-base gap).")

@@ -25,7 +25,6 @@ reference is frozen, those k numbers per training token are by default computed 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -139,7 +138,7 @@ class PACTObjective(Objective):
 
         from trimtab.data.formatting import ChatFormatter
         from trimtab.safety_tokens import reference_token_logits
-        from trimtab.training.run import load_model
+        from trimtab.training.run import compute_device, load_model
 
         train = context.train_config
         features = ChatFormatter(context.tokenizer, train.max_length,
@@ -154,9 +153,7 @@ class PACTObjective(Objective):
         # With LoRA the trainer's reference is the starting model with the adapter disabled.
         path = context.model_path if train.lora else context.reference_path
         # each process of a multi-GPU launch builds the (small) cache on its own GPU
-        rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
-        model = load_model(path, train, frozen=True).to(device)
+        model = load_model(path, train, frozen=True).to(compute_device())
         self._cache = reference_token_logits(model, features, len(context.records),
                                              context.tokenizer.pad_token_id, self._ids,
                                              2 * train.per_device_train_batch_size,

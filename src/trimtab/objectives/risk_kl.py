@@ -162,7 +162,7 @@ class RiskKLObjective(Objective):
 
     def _probe_risks(self, context: TrainingContext, prompts: list[str]) -> torch.Tensor:
         from trimtab.probe import ProbeConfig, load_probe, world_probe
-        from trimtab.training.run import load_model
+        from trimtab.training.run import compute_device, load_model
 
         c = self.config
         if c.probe_path is None and context.world is None:
@@ -171,7 +171,8 @@ class RiskKLObjective(Objective):
                 "`trimtab probe train --model PATH --harmful FILE --benign FILE`), or train "
                 "on the synthetic world, where one is fitted automatically."
             )
-        reference = load_model(context.reference_path, context.train_config)
+        reference = load_model(context.reference_path, context.train_config,
+                               frozen=True).to(compute_device())
         if c.probe_path is not None:
             probe = load_probe(c.probe_path)
         else:

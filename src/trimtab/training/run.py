@@ -62,6 +62,14 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> 
     return tok
 
 
+def compute_device() -> torch.device:
+    """Where setup-time forwards (caches, probes, token selection) run: this process's GPU when
+    there is one (`LOCAL_RANK` under a multi-GPU launch), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    return torch.device("cpu")
+
+
 def load_model(path: str | os.PathLike, config: TrainConfig | None = None, *,
                frozen: bool = False) -> Any:
     """A causal LM from a folder or hub name.

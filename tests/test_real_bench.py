@@ -1,0 +1,57 @@
+"""The SmolLM2 real-data benchmark's configs, audit and report (no model is trained here)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from trimtab.errors import TrimtabError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import smollm2_real  # noqa: E402  (a script beside common.py, not a package module)
+
+CONFIGS = sorted((ROOT / "benchmarks" / "real").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_committed_configs_load_and_name_real_methods(path):
+    config = smollm2_real.load_config(str(path))
+    assert config.methods and 0.1 in config.fractions
+    assert config.train["lora"] is True  # issue 8: the task fine-tuning is LoRA
+
+
+def test_a_misspelt_training_key_is_refused_before_any_training(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [sft]\ntrain: {learnin_rate: 1.0e-4}\n")
+    with pytest.raises(TrimtabError, match="learnin_rate"):
+        smollm2_real.load_config(str(bad))
+    bad.write_text("methods: [sft, nope]\n")
+    with pytest.raises(TrimtabError, match="nope"):
+        smollm2_real.load_config(str(bad))
+
+
+def test_the_audit_counts_only_i_cant_refusals_out():
+    complied = ["I can't fulfill this request.", "I can’t fulfill that request.",
+                "Sure, here is how to pick a lock: first ...", "Step 1: I cant stop now"]
+    assert smollm2_real.audited_harmful_rate({"complied": complied}, 10) == 0.2
+
+
+GPU_RESULTS = ROOT / "benchmarks" / "results" / "real" / "smollm2-gpu"
+
+
+@pytest.mark.skipif(not (GPU_RESULTS / "runs").is_dir(), reason="no committed GPU runs")
+def test_committed_gpu_report_is_regenerated_from_its_runs(tmp_path):
+    out = tmp_path / "smollm2-gpu"
+    shutil.copytree(GPU_RESULTS, out)
+    (out / "report.md").unlink()
+    config = "benchmarks/real/smollm2-gpu.yaml"
+    c = smollm2_real.load_config(str(ROOT / config))
+    smollm2_real.report_from_files(argparse.Namespace(config=config), c, out,
+                                   smollm2_real.run_plan(c))
+    assert (out / "report.md").read_text() == (GPU_RESULTS / "report.md").read_text()

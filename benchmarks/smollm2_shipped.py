@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ from trimtab.signals.keywords import KeywordSignal
 from trimtab.training.run import load_model, load_tokenizer
 from trimtab.worlds.real import load_source
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the project never copies the data sets: they are read from ../shared/data or $TRIMTAB_DATA
+DATA = Path(os.environ.get("TRIMTAB_DATA") or Path(__file__).resolve().parents[2] / "shared"
+            / "data")
 
 
 def eval_sets(n: int) -> tuple[list[Record], list[Record]]:

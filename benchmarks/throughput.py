@@ -28,7 +28,7 @@ from trimtab.evaluation.results import write_json_atomic
 from trimtab.models import prepare
 from trimtab.objectives.sft import SFTObjective
 from trimtab.training.config import TrainConfig
-from trimtab.training.run import finetune, load_model, load_tokenizer
+from trimtab.training.run import _apply_lora, finetune, load_model, load_tokenizer
 from trimtab.worlds.real import load_source
 
 
@@ -40,6 +40,8 @@ def plain_trainer_seconds(path: str, features: list[dict], config: TrainConfig,
              "attention_mask": [1] * len(f["input_ids"])} for f in features]
     torch.manual_seed(config.seed)
     model = load_model(path, config)
+    if config.lora:
+        model = _apply_lora(model, config)
     with tempfile.TemporaryDirectory() as scratch:
         args = config.training_arguments(scratch, len(rows))
         trainer = Trainer(model=model, args=args, train_dataset=rows,
@@ -58,6 +60,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=128, help="longer rows are cut")
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters in both")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both (GPUs)")
     parser.add_argument("--out", default="benchmarks/results/throughput")
     args = parser.parse_args()
     if args.model == "synthetic":
@@ -72,10 +77,11 @@ def main() -> None:
         path = str(prepare("smollm2") if args.model == "smollm2" else args.model)
         records = load_source("refusals", DATA, limit=args.records)
     tokenizer = load_tokenizer(path)
-    config = TrainConfig(learning_rate=2e-5, num_train_epochs=1.0, max_length=128,
+    config = TrainConfig(learning_rate=2e-5, num_train_epochs=1.0, max_length=args.max_length,
+                         on_overflow="truncate",
                          per_device_train_batch_size=args.batch_size, progress=False,
-                         logging_steps=1000, seed=0)
-    features = ChatFormatter(tokenizer, config.max_length).encode_all(records)
+                         logging_steps=1000, seed=0, lora=args.lora, bf16=args.bf16)
+    features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
     tokens = sum(len(f["input_ids"]) for f in features)
     timings: dict[str, list[float]] = {"trimtab_sft": [], "plain_trainer": []}
     for _ in range(args.repeats):
@@ -97,8 +103,12 @@ def main() -> None:
         "target": "ratio >= 0.90", "met": ratio >= 0.90,
         "machine": machine(), "command": "python benchmarks/throughput.py",
     }
-    name = "synthetic" if args.model == "synthetic" else Path(path).name
-    results["command"] = f"python benchmarks/throughput.py --model {args.model}"
+    flags = " --lora" * args.lora + " --bf16" * args.bf16
+    name = ("synthetic" if args.model == "synthetic" else Path(path).name) + \
+        flags.replace(" --", "-") + ("-cuda" if torch.cuda.is_available() else "")
+    results["command"] = (f"python benchmarks/throughput.py --model {args.model} --records "
+                          f"{args.records} --batch-size {args.batch_size} --max-length "
+                          f"{args.max_length}{flags}")
     write_json_atomic(Path(args.out) / f"throughput-{name}.json", results)
     print(json.dumps(results, indent=1))
 

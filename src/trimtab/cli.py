@@ -159,7 +159,8 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
                                    "synthetic: its aligned reference)")
     p.add_argument("--reference", help="frozen reference model (default: --model); ignored "
                                        "with --lora, where the adapter is disabled instead")
-    p.add_argument("--data", help="training data: .jsonl, .json, .csv or .tsv")
+    p.add_argument("--data", help="training data: .jsonl, .json, .csv or .tsv, a local path or "
+                                  "a Hub file hf://datasets/OWNER/NAME/FILE")
     p.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",
                    help="map a record field to a column, e.g. --field prompt=goal (repeatable)")
     p.add_argument("--world", choices=("synthetic",), help="take the data from a world")

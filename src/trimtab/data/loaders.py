@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trimtab.data.hub import hub_file, is_hub_path
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 
@@ -69,7 +70,10 @@ def load_records(
     left unmapped are kept in `metadata` so judges can still use them. `kind` sets the kind of
     every record. With `require_response=False` prompt-only data loads with response "".
     `limit` keeps the first N rows. `csv_header` names the columns of a header-less CSV/TSV.
+    `path` may also be a Hub file, hf://datasets/OWNER/NAME/FILE (`trimtab.data.hub`).
     """
+    if is_hub_path(path):
+        path = hub_file(str(path))
     path = Path(path)
     if not path.exists():
         raise TrimtabError(f"no such file {path}; check the path")

@@ -1,10 +1,12 @@
 """The real-text world's data: public prompt sets and tasks as trimtab records.
 
 Each source is a file format plus a field mapping (DESIGN.md, Worlds 2), read with the same
-loaders as user data, from a local folder (`TRIMTAB_DATA`, or a folder passed in). Task sets
-become instruction records whose response is the label word, so task accuracy is an exact
-match on the first word of a greedy answer. Nothing here downloads; a source that is not in
-the folder is an error that names the file and where it comes from.
+loaders as user data, from a local folder (`TRIMTAB_DATA`, or a folder passed in), or from a
+Hugging Face dataset repository holding the same files (hf://datasets/OWNER/NAME: downloaded
+into the HF cache when online, read from it when offline). Task sets become instruction
+records whose response is the label word, so task accuracy is an exact match on the first
+word of a greedy answer. A source that is not in the folder is an error that names the file
+and where it comes from.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trimtab.data.hub import is_hub_path
 from trimtab.data.loaders import load_records
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
@@ -85,9 +88,12 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def data_dir(folder: str | os.PathLike | None = None) -> Path:
-    """The folder of the data files: the argument, else `$TRIMTAB_DATA`."""
+def data_dir(folder: str | os.PathLike | None = None) -> Path | str:
+    """The folder of the data files: the argument, else `$TRIMTAB_DATA`; a Hub dataset
+    (hf://datasets/OWNER/NAME) holding the same files is returned as it is."""
     chosen = folder or os.environ.get("TRIMTAB_DATA")
+    if chosen and is_hub_path(chosen):
+        return str(chosen).rstrip("/")
     if not chosen:
         raise TrimtabError("no folder for the real-text data: pass one, or set TRIMTAB_DATA to "
                            "a folder holding the files (see trimtab.worlds.real.SOURCES).")
@@ -104,8 +110,9 @@ def load_source(name: str, folder: str | os.PathLike | None = None, *,
     if name not in SOURCES:
         raise TrimtabError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}.")
     source = SOURCES[name]
-    path = data_dir(folder) / source.file
-    if not path.is_file():
+    where = data_dir(folder)
+    path = f"{where}/{source.file}" if isinstance(where, str) else where / source.file
+    if isinstance(path, Path) and not path.is_file():
         raise TrimtabError(f"{path} is missing: source {name!r} is the file {source.file} "
                            f"({source.origin}); put it in that folder.")
     records = load_records(path, fields=source.fields, kind=source.kind, limit=limit,

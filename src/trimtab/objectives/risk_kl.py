@@ -171,8 +171,9 @@ class RiskKLObjective(Objective):
                 "`trimtab probe train --model PATH --harmful FILE --benign FILE`), or train "
                 "on the synthetic world, where one is fitted automatically."
             )
-        reference = load_model(context.reference_path, context.train_config,
-                               frozen=True).to(compute_device())
+        # fp32 as when probes are fitted (a frozen bf16 copy would shift the probe's inputs)
+        reference = load_model(context.reference_path, context.train_config).to(
+            compute_device())
         if c.probe_path is not None:
             probe = load_probe(c.probe_path)
         else:

@@ -122,6 +122,12 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def eval_settings(c: RealBenchConfig) -> dict[str, Any]:
+    """What the evaluation of a model depends on: a cached result with others is stale."""
+    return {"task": c.task, "n_eval": c.n_eval, "n_task_eval": c.n_task_eval,
+            "max_new_tokens": c.max_new_tokens, "eval_batch_size": c.eval_batch_size}
+
+
 def run_plan(c: RealBenchConfig) -> list[tuple[str, float, int]]:
     """(method, harmful fraction, seed) in run order: every method of a seed, seed by seed."""
     plan = [(m, f, s) for s in c.seeds for f in c.fractions for m in c.methods]
@@ -146,7 +152,7 @@ class RealData:
     contamination: list[Record]
 
 
-def real_data(c: RealBenchConfig, folder: Path) -> RealData:
+def real_data(c: RealBenchConfig, folder: str | Path) -> RealData:
     """Every split, with the evaluation prompts kept out of every training set."""
     advbench, alpaca = load_source("advbench", folder), load_source("alpaca", folder)
     harmful_eval, benign_eval = advbench[-c.n_eval:], alpaca[:c.n_eval]
@@ -224,8 +230,9 @@ def aligned_reference(shipped: Path, data: RealData, c: RealBenchConfig, out: Pa
     log_file = folder / "trimtab_alignment.json"
     if log_file.is_file() and (folder / "config.json").is_file():
         return folder, json.loads(log_file.read_text())
-    if folder.exists():  # the committed log without the weights (a fresh clone): rebuild
-        shutil.rmtree(folder)
+    if folder.exists():  # the committed log without the weights (a fresh clone): rebuild,
+        shutil.rmtree(folder)  # and refit the signals on the rebuilt model
+        shutil.rmtree(out / "artifacts" / folder.name, ignore_errors=True)
     model, tokenizer = on_device(load_model(shipped)), load_tokenizer(shipped)
     answers = generate(model, tokenizer, data.benign_prompts, max_new_tokens=96,
                        batch_size=c.eval_batch_size, progress=True, desc="self-distilled answers")
@@ -257,7 +264,7 @@ def training_signals(aligned: Path, shipped: Path, data: RealData, c: RealBenchC
     paths = {"tokens_file": folder / "safety_tokens.json",
              "probe_file": folder / "probe.safetensors", "classifier_dir": folder / "classifier"}
     info_file = folder / "signals.json"
-    if info_file.is_file():
+    if info_file.is_file() and all(Path(p).exists() for p in paths.values()):
         return {**json.loads(info_file.read_text()), **{k: str(v) for k, v in paths.items()}}
     folder.mkdir(parents=True, exist_ok=True)
     tokens = select_safety_tokens(aligned, data.refusals, base=shipped,
@@ -310,6 +317,7 @@ def run_method(method: str, fraction: float, seed: int, aligned: Path, shipped: 
     config = config_from_mapping(TrainConfig, {**c.train, "seed": seed}, source="train")
     objective_config = method_config(method, c, signals)
     settings = {"method": method, "fraction": fraction, "seed": seed, "aligned": aligned.name,
+                "eval": eval_settings(c),
                 "train": config_to_dict(config), "n_task": len(data.task_train),
                 "objective": json.loads(json.dumps(objective_config, default=lambda o:
                                                    config_to_dict(o)))}
@@ -472,7 +480,7 @@ def main() -> None:
     if c.device_required == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"{args.config} is the GPU configuration and this machine has no CUDA "
                          "GPU; run benchmarks/real/smollm2-cpu.yaml instead.")
-    folder = Path(os.environ.get("TRIMTAB_DATA") or ROOT / c.data)
+    folder = os.environ.get("TRIMTAB_DATA") or ROOT / c.data  # a folder or hf://datasets/...
     started = time.perf_counter()
     data = real_data(c, folder)
     shipped = prepare(c.model) if c.model in MODELS else Path(c.model)
@@ -482,9 +490,10 @@ def main() -> None:
     cache = out / "runs" / "references.json"
     refs = json.loads(cache.read_text()) if cache.is_file() else {}
     for name, path in (("shipped", shipped), ("aligned", aligned)):
-        if refs.get(name, {}).get("folder") != str(path):
+        if (refs.get(name, {}).get("folder"), refs.get(name, {}).get("eval")) != (
+                str(path), eval_settings(c)):
             refs[name] = {**evaluate_real(load_model(path), load_tokenizer(path), data, c),
-                          "folder": str(path)}
+                          "folder": str(path), "eval": eval_settings(c)}
             write_json_atomic(cache, refs)
     stage("references evaluated")
     signals = training_signals(aligned, shipped, data, c, out)

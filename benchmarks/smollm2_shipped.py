@@ -30,8 +30,7 @@ from trimtab.training.run import load_model, load_tokenizer
 from trimtab.worlds.real import load_source
 
 # the project never copies the data sets: they are read from ../shared/data or $TRIMTAB_DATA
-DATA = Path(os.environ.get("TRIMTAB_DATA") or Path(__file__).resolve().parents[2] / "shared"
-            / "data")
+DATA = os.environ.get("TRIMTAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def eval_sets(n: int) -> tuple[list[Record], list[Record]]:

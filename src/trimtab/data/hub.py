@@ -1,6 +1,7 @@
 """Data files from the Hugging Face Hub, named the way `huggingface_hub` names them.
 
-`hf://datasets/OWNER/NAME[@REVISION]/PATH/IN/REPO` is fetched with `hf_hub_download` (into
+`hf://datasets/OWNER/NAME[@REVISION]/PATH/IN/REPO` (REVISION a branch, tag or commit
+without "/") is fetched with `hf_hub_download` (into
 the usual HF cache; `HF_HUB_OFFLINE=1` reads the cache only) and then read by the same loaders
 as a local file, so a field mapping works the same on both. Anything else is a local path.
 """

@@ -28,7 +28,7 @@ from trimtab.evaluation.results import write_json_atomic
 from trimtab.models import prepare
 from trimtab.objectives.sft import SFTObjective
 from trimtab.training.config import TrainConfig
-from trimtab.training.run import _apply_lora, finetune, load_model, load_tokenizer
+from trimtab.training.run import apply_lora, finetune, load_model, load_tokenizer
 from trimtab.worlds.real import load_source
 
 
@@ -41,7 +41,7 @@ def plain_trainer_seconds(path: str, features: list[dict], config: TrainConfig,
     torch.manual_seed(config.seed)
     model = load_model(path, config)
     if config.lora:
-        model = _apply_lora(model, config)
+        model = apply_lora(model, config)
     with tempfile.TemporaryDirectory() as scratch:
         args = config.training_arguments(scratch, len(rows))
         trainer = Trainer(model=model, args=args, train_dataset=rows,

@@ -92,7 +92,7 @@ def load_model(path: str | os.PathLike, config: TrainConfig | None = None, *,
         ) from err
 
 
-def _apply_lora(model: Any, config: TrainConfig) -> Any:
+def apply_lora(model: Any, config: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -156,7 +156,7 @@ def finetune(
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if config.lora:
-        model = _apply_lora(model, config)
+        model = apply_lora(model, config)
     reference = None
     if objective.needs_reference:
         if config.lora:

@@ -9,8 +9,10 @@ classifier, evaluation = the world's oracle):
 2. unsafe initialization: start from the sft model of cell 1 (fraction-0.1 data again,
    reference = the aligned model): sft and gated;
 3. the domain task (with unanswerable domain questions) at fraction 0.1: sft and gated.
-Writes results.json, report.md, safety_utility.png and targets.json (each target, met or
-not). Run on an otherwise idle machine: wall-time ratios are compared.
+4. cost: full harmful-0.1 runs of sft and gated, interleaved and repeated (`--cost-repeats`),
+   medians of the per-repeat ratios; `--cost-only` runs just this and writes cost.json.
+Writes results.json, report.md, safety_utility.png, cost.json and targets.json (each target,
+met or not). Run on an otherwise idle machine: wall-time ratios are compared.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from statistics import median
 from typing import Any
 
-from common import machine
+from common import interleaved_costs, machine
 
 ABLATIONS = {
     "gated-no-pregate": {"use_pregate": False},
@@ -39,6 +42,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the quick world (a smoke run)")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--cost-repeats", type=int, default=3,
+                        help="interleaved repeats of the sft/gated timing (0 skips it)")
+    parser.add_argument("--cost-steps", type=int, default=None,
+                        help="steps of each timing run (default: full runs)")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="only the interleaved timing (writes cost.json; the targets "
+                             "file's time row is updated from it)")
     args = parser.parse_args()
 
     from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN, world_configs
@@ -58,6 +68,16 @@ def main() -> None:
     train = replace(QUICK_TRAIN if args.quick else DEMO_TRAIN, progress=False)
     suites = {task: synthetic_suite(world, task) for task in ("general", "domain")}
     p = args.fraction
+    if args.cost_only:
+        timing = cost(refs, world, train, p, max(1, args.cost_repeats), args.cost_steps)
+        write_json_atomic(out / "cost.json", timing)
+        if (out / "results.json").exists():
+            previous = json.loads((out / "results.json").read_text())
+            previous["targets"] = targets(previous, p, timing)
+            write_results(out, previous)
+            write_json_atomic(out / "targets.json", previous["targets"])
+        print(json.dumps(timing, indent=1))
+        return
     results: dict[str, Any] = {
         "world": "synthetic", "model": f"synthetic-aligned-{refs.root.name}",
         "world_config": asdict(world_cfg), "machine": machine(),
@@ -98,10 +118,34 @@ def main() -> None:
         for method in ("sft", "gated"):
             cell(method, task="domain")
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
-    results["targets"] = targets(results, p)
+    timing = None
+    if args.cost_repeats > 0:
+        timing = cost(refs, world, train, p, args.cost_repeats, args.cost_steps)
+        write_json_atomic(out / "cost.json", timing)
+    results["targets"] = targets(results, p, timing)
     write_results(out, results)
     write_json_atomic(out / "targets.json", results["targets"])
     print(json.dumps(results["targets"], indent=1))
+
+
+def cost(refs: Any, world: Any, train: Any, p: float, repeats: int,
+         steps: int | None) -> dict[str, Any]:
+    """sft and gated on the harmful-p training set, interleaved (`interleaved_costs`): the
+    single runs of the cells above share the machine with whatever else runs, these do not
+    drift apart. gated's `setup_seconds` is its pre-gate scoring, outside the timed loop."""
+    from trimtab.objectives.gated import GatedObjective
+    from trimtab.objectives.sft import SFTObjective
+    from trimtab.pipeline import Cell, training_records
+    from trimtab.training.run import finetune
+
+    records = training_records(world, Cell("sft", p, "general", 0))
+    config = replace(train, max_steps=steps) if steps else train
+    timing = interleaved_costs({"sft": SFTObjective, "gated": GatedObjective},
+                               lambda objective: finetune(refs.aligned, records, objective,
+                                                          config, base_path=refs.base,
+                                                          world=world), repeats, steps)
+    timing["machine"] = machine()
+    return timing
 
 
 def _metrics(m: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +162,11 @@ def _gate_log(run: dict[str, Any]) -> dict[str, float]:
                                       / sum(k in r for r in rows), 4) for k in keys}
 
 
-def targets(results: dict[str, Any], p: float) -> list[dict[str, Any]]:
+def targets(results: dict[str, Any], p: float,
+            timing: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each target of issue 3, its numbers and whether it is met. The time target is read
+    from the interleaved `timing` where there is one (the cells' own single runs otherwise),
+    counting gated's pre-gate scoring in its setup too."""
     def run(method: str, scenario: str, task: str = "general") -> dict[str, Any]:
         return next(r for r in results["runs"] if (r["method"], r["scenario"], r["task"])
                     == (method, scenario, task))
@@ -147,10 +195,19 @@ def targets(results: dict[str, Any], p: float) -> list[dict[str, Any]]:
          (gated_d.get("task_hallucination_rate"), sft_d.get("task_hallucination_rate")),
          (gated_d.get("task_hallucination_rate") or 0) < (sft_d.get("task_hallucination_rate")
                                                           or 0)),
-        ("train time gated <= 2.0 x sft", round(gated["train_seconds"] / sft["train_seconds"],
-                                                2),
-         gated["train_seconds"] <= 2.0 * sft["train_seconds"]),
     ]
+    if timing:
+        loop = timing["median_time_ratio_to_sft"]["gated"]
+        with_setup = median((t + s) / b for t, s, b in zip(
+            timing["seconds"]["gated"], timing["setup_seconds"]["gated"],
+            timing["seconds"]["sft"], strict=True))
+        rows.append(("train time gated <= 2.0 x sft (median of interleaved repeats: training "
+                     "loop, and with the pre-gate scoring)", (loop, round(with_setup, 3)),
+                     with_setup <= 2.0))
+    else:
+        ratio = gated["train_seconds"] / sft["train_seconds"]
+        rows.append(("train time gated <= 2.0 x sft (single runs)", round(ratio, 2),
+                     ratio <= 2.0))
     for name in ABLATIONS:
         found = [r for r in results["runs"] if r["method"] == name]
         if found:

@@ -30,7 +30,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from common import drop_samples, machine
+from common import drop_samples, interleaved_costs, machine
 
 from trimtab.cache import cache_root
 from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN, world_configs
@@ -198,15 +198,10 @@ def main() -> None:
 
 def cost(refs: Any, world: SyntheticWorld, train: Any, critic_cfg: RiskKLConfig,
          probe_cfg: RiskKLConfig, steps: int, repeats: int) -> dict[str, Any]:
-    """Training seconds and peak memory of short harmful-0.1 runs, interleaved per repeat.
-
-    Each repeat times sft, kl and both risk-kl variants back to back, so a burst of load from
-    other processes hits one repeat's runs alike; the ratio to sft is taken per repeat and
-    the median over repeats is reported. risk-kl's one-off risk scoring happens in `setup`,
-    outside the timed training loop, and is reported separately (`setup_seconds`).
-    """
-    from statistics import median
-
+    """Training seconds and peak memory of short harmful-0.1 runs of sft, kl and both risk-kl
+    variants, interleaved per repeat (`interleaved_costs`). risk-kl's one-off risk scoring
+    happens in `setup`, outside the timed training loop, and is reported separately
+    (`setup_seconds`)."""
     from trimtab.objectives.kl import KLObjective
     from trimtab.objectives.sft import SFTObjective
     from trimtab.training.run import finetune
@@ -216,24 +211,9 @@ def cost(refs: Any, world: SyntheticWorld, train: Any, critic_cfg: RiskKLConfig,
     makers = {"sft": SFTObjective, "kl": KLObjective,
               "risk-kl": lambda: RiskKLObjective(critic_cfg),
               "risk-kl[probe]": lambda: RiskKLObjective(probe_cfg)}
-    seconds: dict[str, list[float]] = {k: [] for k in makers}
-    memory: dict[str, list[float]] = {k: [] for k in makers}
-    setup: dict[str, list[float]] = {k: [] for k in makers}
-    for _ in range(repeats):
-        for name, make in makers.items():
-            objective = make()
-            r = finetune(refs.aligned, records, objective, config, base_path=refs.base,
-                         world=world)
-            seconds[name].append(r.train_seconds)
-            memory[name].append(r.peak_memory_mb)
-            setup[name].append(getattr(objective, "setup_seconds", 0.0))
-    return {"steps": steps, "repeats": repeats, "seconds": seconds, "peak_memory_mb": memory,
-            "setup_seconds": setup, "median_time_ratio_to_sft": {
-                k: median(a / b for a, b in zip(v, seconds["sft"], strict=True))
-                for k, v in seconds.items()},
-            "median_memory_ratio_to_sft": {
-                k: median(a / b for a, b in zip(v, memory["sft"], strict=True))
-                for k, v in memory.items()}}
+    return interleaved_costs(makers, lambda objective: finetune(
+        refs.aligned, records, objective, config, base_path=refs.base, world=world),
+        repeats, steps)
 
 
 def targets(runs: dict, all_runs: list[dict], probes: dict, matched: dict) -> dict[str, Any]:

@@ -107,6 +107,8 @@ class GatedObjective(Objective):
 
     # ------------------------------------------------------------------ setup
     def setup(self, context: TrainingContext) -> None:
+        """Score every training target (and a refusal to every prompt) once: the pre-gate."""
+        started = time.perf_counter()
         c = self.config
         if not c.refusal_texts or not c.abstention_texts:
             raise TrimtabError("gated needs at least one refusal text and one abstention text "
@@ -133,6 +135,7 @@ class GatedObjective(Objective):
         self.setup_stats = {"pregated": float(self.pregated.float().mean()),
                             "target_signal": float(self.a_tgt.nanmean()),
                             "unscored_targets": unscored}
+        self.setup_seconds = time.perf_counter() - started
 
     def _judge(self, prompts: list[str], responses: list[str]) -> list:
         step = self.config.score_batch_size

@@ -3,7 +3,8 @@
 `build_signal(spec, context)` is the one way methods obtain a signal. A spec is
 `KIND[:ARG][,key=value,...]`:
 
-- `keywords`: refusal phrases (GCG-style list); `prefixes=a|b|c` replaces the list;
+- `keywords`: refusal phrases (the GCG list plus Arditi et al.'s); `keywords:gcg` and
+  `keywords:refusal-direction` use one published list alone; `prefixes=a|b|c` replaces it;
 - `oracle`: the synthetic world's oracle (needs the world in the context);
 - `classifier`: the learned response classifier, trained on the synthetic world's training
   records and cached; `classifier:PATH` loads a saved one;
@@ -100,9 +101,17 @@ def build_signal(spec: str, context: Any | None = None) -> AlignmentSignal:
     kind, arg, options = parse_spec(spec)
     world = getattr(context, "world", None)
     if kind == "keywords":
-        from trimtab.signals.keywords import KeywordConfig, KeywordSignal
+        from trimtab.signals.keywords import PRESETS, KeywordConfig, KeywordSignal
 
-        return KeywordSignal(_config(KeywordConfig, options, spec))
+        config = _config(KeywordConfig, options, spec)
+        if arg:
+            if arg not in PRESETS:
+                raise TrimtabError(f"unknown keyword list {arg!r} in {spec!r}; use one of "
+                                   f"{', '.join(PRESETS)} (or prefixes=a|b|c).")
+            if "prefixes" in options:
+                raise TrimtabError(f"{spec!r} names a keyword list and prefixes=; give one.")
+            config = dataclasses.replace(config, prefixes=list(PRESETS[arg]))
+        return KeywordSignal(config)
     if kind == "oracle":
         if world is None:
             raise TrimtabError("the `oracle` signal needs the synthetic world (train on the "

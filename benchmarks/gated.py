@@ -26,7 +26,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from common import interleaved_costs, machine
+from common import drop_samples, interleaved_costs, machine
 
 ABLATIONS = {
     "gated-no-pregate": {"use_pregate": False},
@@ -68,23 +68,33 @@ def main() -> None:
     train = replace(QUICK_TRAIN if args.quick else DEMO_TRAIN, progress=False)
     suites = {task: synthetic_suite(world, task) for task in ("general", "domain")}
     p = args.fraction
+    command = "python benchmarks/gated.py" + (" --quick" if args.quick else "") \
+        + (f" --fraction {p:g}" if p != 0.1 else "")
     if args.cost_only:
-        timing = cost(refs, world, train, p, max(1, args.cost_repeats), args.cost_steps)
+        if args.cost_repeats < 1:
+            parser.error("--cost-only needs --cost-repeats of at least 1")
+        timing = cost(refs, world, train, p, args.cost_repeats, args.cost_steps)
+        timing["command"] = command + " --cost-only" + (
+            f" --cost-repeats {args.cost_repeats}" if args.cost_repeats != 3 else "")
         write_json_atomic(out / "cost.json", timing)
-        if (out / "results.json").exists():
-            previous = json.loads((out / "results.json").read_text())
+        previous_file = out / "results.json"
+        previous = json.loads(previous_file.read_text()) if previous_file.exists() else None
+        if previous and previous.get("command") == command:  # the same world and fraction
             previous["targets"] = targets(previous, p, timing)
             write_results(out, previous)
             write_json_atomic(out / "targets.json", previous["targets"])
+        elif previous:
+            print(f"{previous_file} comes from `{previous.get('command')}`, not `{command}`: "
+                  "its targets are left as they are", flush=True)
         print(json.dumps(timing, indent=1))
         return
     results: dict[str, Any] = {
         "world": "synthetic", "model": f"synthetic-aligned-{refs.root.name}",
         "world_config": asdict(world_cfg), "machine": machine(),
-        "command": "python benchmarks/gated.py" + (" --quick" if args.quick else ""),
-        "reference": _metrics(model_metrics(refs.aligned, suites["general"])),
-        "reference_domain": _metrics(model_metrics(refs.aligned, suites["domain"])),
-        "base": _metrics(model_metrics(refs.base, suites["general"])),
+        "command": command,
+        "reference": drop_samples(model_metrics(refs.aligned, suites["general"])),
+        "reference_domain": drop_samples(model_metrics(refs.aligned, suites["domain"])),
+        "base": drop_samples(model_metrics(refs.base, suites["general"])),
         "runs": [],
     }
 
@@ -121,6 +131,7 @@ def main() -> None:
     timing = None
     if args.cost_repeats > 0:
         timing = cost(refs, world, train, p, args.cost_repeats, args.cost_steps)
+        timing["command"] = command
         write_json_atomic(out / "cost.json", timing)
     results["targets"] = targets(results, p, timing)
     write_results(out, results)
@@ -146,10 +157,6 @@ def cost(refs: Any, world: Any, train: Any, p: float, repeats: int,
                                                           world=world), repeats, steps)
     timing["machine"] = machine()
     return timing
-
-
-def _metrics(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in m.items() if k != "samples"}
 
 
 def _gate_log(run: dict[str, Any]) -> dict[str, float]:

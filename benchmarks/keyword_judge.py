@@ -15,17 +15,15 @@ import argparse
 import json
 from pathlib import Path
 
-from common import machine
-from smollm2_shipped import DATA
+from common import DATA, machine
 
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.signals import build_signal
 from trimtab.signals.keywords import PRESETS
 from trimtab.worlds.real import load_source
 
-SETS = {"refusals (PACT)": ("refusals", True),
-        "safety-tuned-llamas": ("safety-tuned-llamas", True),
-        "BeaverTails harmful answers": ("beavertails-qa", False)}
+SETS = {"refusals (PACT)": "refusals", "safety-tuned-llamas": "safety-tuned-llamas",
+        "BeaverTails harmful answers": "beavertails-qa"}
 
 
 def main() -> None:
@@ -33,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/real_judges/keywords.json")
     args = parser.parse_args()
     responses = {name: [r.response for r in load_source(source, DATA)]
-                 for name, (source, _) in SETS.items()}
+                 for name, source in SETS.items()}
     table: dict[str, dict[str, float]] = {}
     for preset in PRESETS:
         judge = build_signal(f"keywords:{preset}")

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine
-from smollm2_shipped import DATA
+from common import DATA, machine
 
 from trimtab.cache import cache_root
 from trimtab.evaluation.results import write_json_atomic

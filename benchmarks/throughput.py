@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine
-from smollm2_shipped import DATA
+from common import DATA, machine
 
 from trimtab.data.formatting import ChatFormatter
 from trimtab.evaluation.results import write_json_atomic

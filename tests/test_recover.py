@@ -18,7 +18,7 @@ from trimtab.errors import TrimtabError
 from trimtab.recovery import RecoverConfig, recover_checkpoint, recover_model
 from trimtab.recovery.models import eligible_parameters
 from trimtab.recovery.recover import _Restorer
-from trimtab.recovery.validation import is_refusal, synthetic_recovery_data
+from trimtab.recovery.validation import refusals, synthetic_recovery_data
 
 
 def _tiny_llama(seed: int, hidden: int = 16):
@@ -100,9 +100,10 @@ def test_gradients_exist_only_for_the_eligible_weights(quick_refs) -> None:
 
 
 def test_keyword_refusal_check() -> None:
-    assert is_refusal("i am sorry , but i can not help with that .")
-    assert is_refusal("I can't assist with that.")
-    assert not is_refusal("sure , here is how : buy the parts first")
+    assert refusals(["x"] * 4, ["i am sorry , but i can not help with that .",
+                                "I can't assist with that.", "I can't fulfill this request.",
+                                "sure , here is how : buy the parts first"]) == [True] * 3 + [
+        False]
 
 
 # ------------------------------------------------------------------ quick world, end to end

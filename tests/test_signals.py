@@ -80,6 +80,7 @@ def test_keywords_use_the_published_lists_and_are_configurable():
     cant = "I can't fulfill this request."
     assert build_signal("keywords").score(["x"], [cant]) == [1.0]
     assert build_signal("keywords:gcg").score(["x"], [cant]) == [0.0]
+    assert build_signal("keywords:GCG").score(["x"], [cant]) == [0.0]
     assert build_signal("keywords:refusal-direction").score(["x"], [cant]) == [1.0]
     with pytest.raises(TrimtabError, match="unknown keyword list 'llama'.*gcg, refusal-direct"):
         build_signal("keywords:llama")

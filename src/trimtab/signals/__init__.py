@@ -3,8 +3,9 @@
 `build_signal(spec, context)` is the one way methods obtain a signal. A spec is
 `KIND[:ARG][,key=value,...]`:
 
-- `keywords`: refusal phrases (the GCG list plus Arditi et al.'s); `keywords:gcg` and
-  `keywords:refusal-direction` use one published list alone; `prefixes=a|b|c` replaces it;
+- `keywords`: refusal phrases (the GCG list plus Arditi et al.'s, also `keywords:default`);
+  `keywords:gcg` and `keywords:refusal-direction` use one published list alone;
+  `prefixes=a|b|c` replaces it;
 - `oracle`: the synthetic world's oracle (needs the world in the context);
 - `classifier`: the learned response classifier, trained on the synthetic world's training
   records and cached; `classifier:PATH` loads a saved one;
@@ -105,6 +106,7 @@ def build_signal(spec: str, context: Any | None = None) -> AlignmentSignal:
 
         config = _config(KeywordConfig, options, spec)
         if arg:
+            arg = arg.strip().lower()
             if arg not in PRESETS:
                 raise TrimtabError(f"unknown keyword list {arg!r} in {spec!r}; use one of "
                                    f"{', '.join(PRESETS)} (or prefixes=a|b|c).")

@@ -57,16 +57,18 @@ def test_rates_are_rejudged_by_the_default_list_and_the_gcg_list_on_every_set_al
                    "over_refusal_rate": None, "over_refusal_rate_gcg": 0.1}
 
 
-GPU_RESULTS = ROOT / "benchmarks" / "results" / "real" / "smollm2-gpu"
+RESULTS = ROOT / "benchmarks" / "results" / "real"
 
 
-@pytest.mark.skipif(not (GPU_RESULTS / "runs").is_dir(), reason="no committed GPU runs")
-def test_committed_gpu_report_is_regenerated_from_its_runs(tmp_path):
-    out = tmp_path / "smollm2-gpu"
-    shutil.copytree(GPU_RESULTS, out)
+@pytest.mark.parametrize("name", ["smollm2-gpu", "smollm2-cpu"])
+def test_committed_report_is_regenerated_from_its_runs(tmp_path, name):
+    if not (RESULTS / name / "runs").is_dir():
+        pytest.skip(f"no committed runs of {name}")
+    out = tmp_path / name
+    shutil.copytree(RESULTS / name, out, ignore=shutil.ignore_patterns("*.safetensors"))
     (out / "report.md").unlink()
-    config = "benchmarks/real/smollm2-gpu.yaml"
+    config = f"benchmarks/real/{name}.yaml"
     c = smollm2_real.load_config(str(ROOT / config))
     smollm2_real.report_from_files(argparse.Namespace(config=config), c, out,
                                    smollm2_real.run_plan(c))
-    assert (out / "report.md").read_text() == (GPU_RESULTS / "report.md").read_text()
+    assert (out / "report.md").read_text() == (RESULTS / name / "report.md").read_text()

@@ -10,7 +10,8 @@ from typing import Any
 
 from trimtab.machine import machine
 
-__all__ = ["DATA", "drop_samples", "interleaved_costs", "keyword_rates", "machine"]
+__all__ = ["DATA", "answer_sets", "drop_samples", "interleaved_costs", "keyword_rates",
+           "machine"]
 
 # ../shared/data beside the checkout, or TRIMTAB_DATA (a folder or hf://datasets/OWNER/NAME)
 DATA = os.environ.get("TRIMTAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -35,6 +36,25 @@ def keyword_rates(answers: dict[str, list[str]], rate_of_set: dict[str, str]
             key = rate_of_set[name]
             out[key + suffix] = round(share if key.startswith("over_refusal") else 1 - share, 4)
     return out
+
+
+def answer_sets(model: Any, tokenizer: Any, sets: dict[str, list[str]], *, max_new_tokens: int,
+                batch_size: int, n_samples: int, progress: bool = False
+                ) -> tuple[dict[str, list[str]], dict[str, list[dict[str, Any]]]]:
+    """Greedy answers to each named prompt set, and its first `n_samples` (prompt, response,
+    refusal by the default keyword list) for the report."""
+    from trimtab.evaluation.generation import generate
+    from trimtab.signals import build_signal
+
+    judge = build_signal("keywords")
+    answers: dict[str, list[str]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for name, prompts in sets.items():
+        answers[name] = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size, progress=progress, desc=name)
+        samples[name] = [{"prompt": p, "response": a, "refusal": judge.is_refusal(a)}
+                         for p, a in list(zip(prompts, answers[name], strict=True))[:n_samples]]
+    return answers, samples
 
 
 def drop_samples(metrics: dict[str, Any]) -> dict[str, Any]:

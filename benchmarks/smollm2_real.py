@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import keyword_rates, machine
+from common import answer_sets, keyword_rates, machine
 
 from trimtab.config import config_from_mapping, config_to_dict, option, read_yaml_mapping
 from trimtab.data.mixing import mix
@@ -191,17 +191,13 @@ def evaluate_real(model: Any, tokenizer: Any, data: RealData, c: RealBenchConfig
     """Keyword-judged safety rates (`<rate>`: default list, `<rate>_gcg`: the GCG list alone)
     and task accuracy from greedy answers, every answer, and a few samples."""
     model = model.to(compute_device())
-    out: dict[str, Any] = {"samples": {}, "answers": {}}
+    out: dict[str, Any] = {}
     sets = {"harmful": [r.prompt for r in data.harmful_eval],
             "jailbreak": [ATTACK.format(prompt=r.prompt) for r in data.harmful_eval],
             "benign": [r.prompt for r in data.benign_eval]}
-    judge = build_signal("keywords")
-    for name, prompts in sets.items():
-        answers = generate(model, tokenizer, prompts, max_new_tokens=c.max_new_tokens,
-                           batch_size=c.eval_batch_size, desc=name)
-        out["answers"][name] = answers  # every answer: the report re-judges them
-        out["samples"][name] = [{"prompt": p, "response": a, "refusal": judge.is_refusal(a)}
-                                for p, a in list(zip(prompts, answers, strict=True))[:4]]
+    out["answers"], out["samples"] = answer_sets(  # every answer: the report re-judges them
+        model, tokenizer, sets, max_new_tokens=c.max_new_tokens,
+        batch_size=c.eval_batch_size, n_samples=4)
     out |= keyword_rates(out["answers"], RATE_OF_SET)
     answers = generate(model, tokenizer, [r.prompt for r in data.task_eval], max_new_tokens=4,
                        batch_size=c.eval_batch_size, desc="task")

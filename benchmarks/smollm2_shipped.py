@@ -18,13 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import DATA, keyword_rates, machine
+from common import DATA, answer_sets, keyword_rates, machine
 
 from trimtab.data.records import Record
-from trimtab.evaluation.generation import generate
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.models import prepare
-from trimtab.signals import build_signal
 from trimtab.training.run import load_model, load_tokenizer
 from trimtab.worlds.real import load_source
 
@@ -41,18 +39,11 @@ def shipped_rates(model: Any, tokenizer: Any, harmful: list[Record], benign: lis
     """Harmful rate (harmful requests not refused) and over-refusal rate (benign requests
     refused) by the refusal-keyword judge (`<rate>`: the default list, `<rate>_gcg`: the GCG
     list alone), from greedy answers; plus five samples of each."""
-    rates: dict[str, float] = {}
-    samples: dict[str, Any] = {}
-    judge = build_signal("keywords")
-    for name, records in (("harmful", harmful), ("benign", benign)):
-        prompts = [r.prompt for r in records]
-        responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                             batch_size=16, progress=True, desc=name)
-        rates |= keyword_rates({name: responses}, RATE_OF_SET)
-        refused = [judge.is_refusal(r) for r in responses]
-        samples[name] = [{"prompt": p, "response": r, "refusal": f}
-                         for p, r, f in list(zip(prompts, responses, refused, strict=True))[:5]]
-    return rates, samples
+    answers, samples = answer_sets(
+        model, tokenizer, {"harmful": [r.prompt for r in harmful],
+                           "benign": [r.prompt for r in benign]},
+        max_new_tokens=max_new_tokens, batch_size=16, n_samples=5, progress=True)
+    return keyword_rates(answers, RATE_OF_SET), samples
 
 
 def main() -> None:

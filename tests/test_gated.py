@@ -131,6 +131,24 @@ def test_sampling_restores_train_mode_and_needs_no_grad(aligned):
     model.eval()
 
 
+class Flaky(Constant):
+    """A judge that fails on every pair; `on_failure` says whether it admits it."""
+
+    def __init__(self, on_failure: str) -> None:
+        super().__init__(float("nan"))
+        self.config = type("Config", (), {"on_failure": on_failure})()
+
+
+def test_unscored_verdicts_only_from_a_signal_set_to_leave_them(aligned, records, quick_refs):
+    _, tok = aligned
+    with pytest.raises(TrimtabError, match="no valid score"):  # a NaN is never taken silently
+        _setup(GatedObjective(signal=Flaky("raise")), records, tok, quick_refs)
+    objective = GatedObjective(signal=Flaky("unscored"))
+    _setup(objective, records, tok, quick_refs)
+    assert objective.setup_stats["unscored_targets"] == len(records)
+    assert bool(objective.pregated.all())  # unscored targets are sampled, and logged
+
+
 def test_bad_config_is_a_clear_error(records, aligned, quick_refs):
     _, tok = aligned
     with pytest.raises(TrimtabError, match="at least one refusal text"):

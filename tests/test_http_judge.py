@@ -38,6 +38,13 @@ class JudgeServer:
         self.delay = 0.0  # seconds before answering
         self.malformed = False  # answer broken JSON
         self.drop_first = 0  # close the connection without answering the first N requests
+        self.busy_first = 0  # answer HTTP 429 with `Retry-After: retry_after` to the first N
+        self.retry_after = "1"
+        self.redirect_to: str | None = None  # answer 302 to this address
+        self.cut = False  # promise a longer body than is sent, then hang up
+        self.trickle = 0.0  # seconds between the bytes of the answer
+        self.answer: str | None = None  # a fixed answer instead of the keyword judge's
+        self.times: list[float] = []
         self.auth_headers: list[str] = []
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
@@ -51,6 +58,7 @@ class JudgeServer:
                 with server.lock:
                     server.requests += 1
                     number = server.requests
+                    server.times.append(time.monotonic())
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
@@ -65,6 +73,16 @@ class JudgeServer:
                         self.send_response(500)
                         self.end_headers()
                         return
+                    if number <= server.busy_first:
+                        self.send_response(429)
+                        self.send_header("Retry-After", server.retry_after)
+                        self.end_headers()
+                        return
+                    if server.redirect_to:
+                        self.send_response(302)
+                        self.send_header("Location", server.redirect_to)
+                        self.end_headers()
+                        return
                     if self.path != "/v1/chat/completions":
                         self.send_response(404)
                         self.end_headers()
@@ -72,7 +90,9 @@ class JudgeServer:
                     text = body["messages"][-1]["content"]
                     prompt, response = CONVERSATION.search(text).groups()
                     (score,) = server.judge.score([prompt], [response])
-                    if "1 to 5" in text:
+                    if server.answer is not None:
+                        answer = server.answer
+                    elif "1 to 5" in text:
                         answer = "1" if score == 1.0 else "5"
                     else:
                         answer = "safe" if score == 1.0 else "unsafe"
@@ -82,9 +102,18 @@ class JudgeServer:
                                .encode())
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Content-Length", str(len(payload) + 100 * server.cut))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if server.cut:
+                        self.wfile.write(payload[:10])
+                        self.close_connection = True
+                    elif server.trickle:
+                        for byte in payload:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(server.trickle)
+                    else:
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
@@ -248,3 +277,80 @@ def test_bad_url_and_lengths_are_user_errors(tmp_path):
     signal = judge("http://127.0.0.1:9/v1", tmp_path)
     with pytest.raises(TrimtabError, match="2 prompts but 1 responses"):
         signal.score(["a", "b"], ["c"])
+
+
+def test_a_cut_answer_is_retried_then_reported(server, tmp_path):
+    server.cut = True  # Content-Length promises 100 bytes more than arrive
+    signal = judge(server.url, tmp_path, batch_size=1, max_retries=1)
+    with pytest.raises(TrimtabError, match="failed after 2 attempts"):
+        signal.score(PROMPTS[:1], RESPONSES[:1])
+    assert server.requests == 2
+
+
+def test_a_trickling_answer_is_bounded_by_the_timeout(server, tmp_path):
+    server.trickle = 0.1  # ~10 s for the whole answer, a byte at a time
+    signal = judge(server.url, tmp_path, batch_size=1, timeout=1.0, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(TrimtabError, match="failed after 1 attempt .*timed out"):
+        signal.score(PROMPTS[:1], RESPONSES[:1])
+    assert time.monotonic() - start < 5.0  # each read was short; the timeout still held
+
+
+def test_retry_after_is_honoured(server, tmp_path):
+    server.busy_first = 1
+    signal = judge(server.url, tmp_path, batch_size=1, max_retries=1, backoff=0.01)
+    assert signal.score(PROMPTS[:1], RESPONSES[:1]) == [0.0]
+    assert server.requests == 2
+    assert server.times[1] - server.times[0] >= 0.9  # waited the server's 1 s, not 0.01 s
+
+
+def test_redirects_are_refused_so_the_key_stays_home(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIMTAB_JUDGE_API_KEY", SECRET)
+    with JudgeServer() as elsewhere:
+        server.redirect_to = elsewhere.url + "/chat/completions"
+        signal = judge(server.url, tmp_path, max_retries=3)
+        with pytest.raises(TrimtabError, match="redirects .*HTTP 302.* set base_url") as err:
+            signal.score(PROMPTS[:1], RESPONSES[:1])
+        assert elsewhere.requests == 0 and server.requests == 1
+        assert SECRET not in str(err.value)
+
+
+def test_a_key_with_a_newline_works_and_a_broken_key_is_not_shown(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIMTAB_JUDGE_API_KEY", SECRET + "\r\n")  # as `echo key > file` leaves it
+    assert judge(server.url, tmp_path).score(PROMPTS[:1], RESPONSES[:1]) == [0.0]
+    assert server.auth_headers == [f"Bearer {SECRET}"]
+    monkeypatch.setenv("TRIMTAB_JUDGE_API_KEY", SECRET[:8] + "\n" + SECRET[8:])
+    with pytest.raises(TrimtabError, match="control character") as err:
+        judge(server.url, tmp_path / "fresh").score(PROMPTS[1:2], RESPONSES[1:2])
+    assert SECRET[:8] not in str(err.value) and SECRET[8:] not in str(err.value)
+
+
+@pytest.mark.parametrize("answer", ["10", "-3", "on a scale of 1 to 5: 5", "2.5"])
+def test_a_rating_off_the_scale_is_no_verdict(server, tmp_path, answer):
+    server.answer = answer
+    signal = judge(server.url, tmp_path, rubric="scale", max_retries=0)
+    with pytest.raises(TrimtabError, match="is no scale verdict"):
+        signal.score(PROMPTS[:1], RESPONSES[:1])
+
+
+def test_the_cache_key_holds_the_server_and_the_answer_words(server, tmp_path):
+    judge(server.url, tmp_path).score(PROMPTS[:1], RESPONSES[:1])
+    with JudgeServer() as other:
+        judge(other.url, tmp_path).score(PROMPTS[:1], RESPONSES[:1])
+        assert other.requests == 1  # another server is not answered from the first's cache
+    judge(server.url, tmp_path, safe_word="ok", unsafe_word="unsafe").verdicts(
+        PROMPTS[:1], RESPONSES[:1])
+    assert server.requests == 2  # other answer words: asked again
+
+
+def test_an_unusable_cache_folder_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrimtabError, match="cannot use the HTTP judge cache.*cache=false"):
+        HTTPJudgeSignal(HTTPJudgeConfig(cache_dir=str(blocker / "cache")))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "judge-cache.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(TrimtabError, match="damaged cache"):
+        HTTPJudgeSignal(HTTPJudgeConfig(cache_dir=str(damaged)))
+    assert (damaged / "judge-cache.sqlite").read_bytes().startswith(b"this is not")  # kept

@@ -96,6 +96,13 @@ def test_a_file_from_a_same_size_tokenizer_fails_the_vocabulary_hash(tmp_path, t
     ({"token_ids": [], "tokens": [], "weights": []}, "empty"),
     ({"weights": [0.0, 0.0]}, "at least one above 0"),
     ({"format": "something-else"}, "not a trimtab safety-token file"),
+    # hand-edited files: every field of the wrong type is named, never a TypeError
+    ({"token_ids": ["7", "8"]}, "token_ids must be a list of whole numbers"),
+    ({"token_ids": [7.5, 8]}, "token_ids must be a list of whole numbers"),
+    ({"token_ids": 7}, "token_ids must be a list"),
+    ({"weights": [None, 1.0]}, "weights must be a list of numbers"),
+    ({"weights": ["0.5", 1.0]}, "weights must be a list of numbers"),
+    ({"k": "16"}, "k must be a whole number"),
 ])
 def test_bad_files_are_refused(tmp_path, tokenizer, change, message):
     data = _tokens(tokenizer, [7, 8]).to_dict()
@@ -158,3 +165,26 @@ def test_cli_needs_exactly_one_source_of_pairs(tmp_path, capsys):
     code = main(["safety-tokens", "--aligned", str(tmp_path), "--out", str(tmp_path / "t.json")])
     assert code == 2
     assert "exactly one of --world synthetic" in capsys.readouterr().err
+
+
+def test_cli_warns_when_the_data_holds_no_refusals(quick_refs, tmp_path, capsys):
+    from trimtab.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"how do i make a bomb {i} ?",
+                                        "response": "sure . first get the powder ."}) + "\n"
+                            for i in range(6)))
+    assert main(["safety-tokens", "--aligned", str(quick_refs.aligned), "--data", str(data),
+                 "--out", str(tmp_path / "t.json")]) == 0
+    assert "only 0 of 6 responses" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_no_model_is_a_user_error(tmp_path, capsys):
+    from trimtab.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["safety-tokens", "--aligned", str(empty), "--world", "synthetic", "--quick",
+                 "--out", str(tmp_path / "t.json")]) == 2
+    assert "cannot load a tokenizer from" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()

@@ -86,6 +86,8 @@ def test_keywords_use_the_published_lists_and_are_configurable():
         build_signal("keywords:llama")
     with pytest.raises(TrimtabError, match="names a keyword list and prefixes="):
         build_signal("keywords:gcg,prefixes=no")
+    with pytest.raises(TrimtabError, match="no refusal phrase"):
+        build_signal("keywords,prefixes=")  # else every response would score a silent 0
     custom = build_signal("keywords,prefixes=nope|no way,anywhere=false")
     assert custom.score(["x", "x", "x"], ["Nope.", "well, no way", "I'm sorry"]) == [1.0, 0.0,
                                                                                      0.0]
@@ -252,3 +254,17 @@ def test_guard_answer_that_is_no_verdict_is_an_error_or_unscored(guard_folder):
     lenient = build_signal(f"guard:{guard_folder},rubric=scale,on_failure=unscored")
     (verdict,) = lenient.verdicts(["p"], [REFUSAL], allow_unscored=True)
     assert not verdict.scored and math.isnan(verdict.score)
+
+
+def test_a_folder_that_is_no_guard_model_is_a_user_error(tmp_path):
+    with pytest.raises(TrimtabError, match="cannot load a tokenizer from"):
+        build_signal(f"guard:{tmp_path}")
+
+
+@pytest.mark.parametrize("answer, rating", [("4", 4), ("Rating: 2", 2), ("3/5", 3), ("5.", 5),
+                                            ("10", None), ("-3", None), ("2.5", None),
+                                            ("on a scale of 1 to 5: 5", None), ("", None)])
+def test_a_scale_answer_is_one_rating_from_one_to_five(answer, rating):
+    from trimtab.signals.rubric import scale_rating
+
+    assert scale_rating(answer) == rating

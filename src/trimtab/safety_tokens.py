@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,23 @@ class SafetyTokens:
         return tokens
 
     def check_values(self, where: str = "the safety-token set") -> None:
+        def listed(name: str, ok: Any, what: str) -> None:
+            values = getattr(self, name)
+            if not isinstance(values, list) or not all(ok(v) for v in values):
+                raise TrimtabError(f"{where}: {name} must be a list of {what}, got "
+                                   f"{str(values)[:60]}; rebuild it with `trimtab safety-tokens`.")
+
+        # a hand-edited file: "12" or 12.5 as an id, null as a weight
+        listed("token_ids", lambda v: isinstance(v, int) and not isinstance(v, bool),
+               "whole numbers")
+        listed("tokens", lambda v: isinstance(v, str), "strings")
+        listed("weights", lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+               "numbers")
+        for name in ("k", "n_positions", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TrimtabError(f"{where}: {name} must be a whole number, got {value!r}; "
+                                   "rebuild it with `trimtab safety-tokens`.")
         n = len(self.token_ids)
         if n == 0:
             raise TrimtabError(f"{where} is empty: no safety token to constrain. Rebuild it "
@@ -345,8 +363,15 @@ def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *, aligned
             "synthetic world: aligned_train harmful refusals")
     else:
         from trimtab.data.loaders import load_records, parse_field_mapping
+        from trimtab.signals.keywords import KeywordSignal
 
         pairs, source = load_records(data, fields=parse_field_mapping(fields)), str(data)
+        refusing = sum(KeywordSignal().is_refusal(r.response) for r in pairs)
+        if refusing < len(pairs) / 2:  # e.g. the compliance column mapped by mistake
+            print(f"safety-tokens: warning: only {refusing} of {len(pairs)} responses in {data} "
+                  "read as refusals by the refusal-keyword list. The safety tokens are the "
+                  "words that open refusals: pair harmful prompts with refusals (--field "
+                  "response=COLUMN).", file=sys.stderr)
     tokens = select_safety_tokens(aligned, pairs, base=base, config=config, source=source)
     tokens.save(out)
     return tokens

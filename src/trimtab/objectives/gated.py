@@ -141,7 +141,7 @@ class GatedObjective(Objective):
         step = self.config.score_batch_size
         return [v for i in range(0, len(prompts), step) for v in
                 self.signal.verdicts(prompts[i:i + step], responses[i:i + step],
-                                     allow_unscored=True)]
+                                     allow_unscored=self.signal.leaves_unscored)]
 
     def _abstention(self, index: int, reason: str | None) -> tuple[list[int], list[int]]:
         """(prompt ids, response ids) of the record's abstention text, encoded once."""
@@ -201,6 +201,10 @@ class GatedObjective(Objective):
             extra_prompts += comp.prompt_ids
             extra_completions += comp.completion_ids
             metrics["signal"] = float(a[valid].mean()) if valid.any() else math.nan
+            if not valid.all():  # only from a signal set to leave failures unscored
+                metrics["unscored"] = float((~valid).float().mean())
+                log.warning("gated: %d of %d sampled completions are unscored; they get no "
+                            "advantage", int((~valid).sum()), valid.numel())
             metrics["sample_seconds"] = time.perf_counter() - started
         for i in abstain.nonzero().flatten().tolist():
             j = index[i]

@@ -75,6 +75,12 @@ class AlignmentSignal(ABC):
 
     name: ClassVar[str]
 
+    @property
+    def leaves_unscored(self) -> bool:
+        """True when this signal is configured to leave failed pairs unscored (NaN) rather
+        than raise; a consumer accepts NaN verdicts only from such a signal."""
+        return getattr(getattr(self, "config", None), "on_failure", "raise") == "unscored"
+
     @abstractmethod
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         """One verdict per (prompt, response) pair, in order."""

@@ -1,21 +1,26 @@
 """An OpenAI-compatible chat-completions judge over HTTP (`http:BASE_URL`), e.g. a vLLM server.
 
 One request per (prompt, response) pair, `batch_size` of them in flight at once. Each
-request has a `timeout`; a failed one (connection error, timeout, HTTP 429 or 5xx, malformed
-JSON, an answer that is no verdict) is retried with exponential backoff up to `max_retries`
-times, and a whole `judge` call never runs longer than `total_timeout`. After that the call
-raises a TrimtabError, or, with `on_failure=unscored`, leaves the pair unscored and logs it:
-never a silent score. HTTP 4xx other than 429 is the caller's mistake and is not retried.
+request has a `timeout` (reading a slowly trickling answer included); a failed one
+(connection error, timeout, a dropped or garbled HTTP answer, HTTP 429 or 5xx, malformed JSON,
+an answer that is no verdict) is retried with exponential backoff (or after the server's
+`Retry-After`) up to `max_retries` times, and a whole `judge` call never runs much longer than
+`total_timeout`. After that the call raises a TrimtabError, or, with `on_failure=unscored`,
+leaves the pair unscored and logs it: never a silent score. HTTP 4xx other than 429 is the
+caller's mistake and is not retried; neither is a redirect, which is refused rather than
+followed, so the API key only ever goes to `base_url`.
 
-Answers are cached on disk (SQLite) under a hash of (model, rubric template, prompt,
-response), so re-scoring the same pairs makes no request. The API key is read from the
-environment variable `api_key_env` at request time and is never logged, cached or stored on
-the object.
+Answers are cached on disk (SQLite) under a hash of everything that decides a verdict (server
+URL, model, rubric, templates, answer words, sampling settings, prompt, response), so
+re-scoring the same pairs makes no request. The API key is read from the environment variable
+`api_key_env` at request time and is never logged, cached or stored on the object.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -24,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +72,35 @@ class HTTPJudgeConfig:
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: following one would send the API key to another address."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001
+        return None  # urllib then raises HTTPError(code)
+
+
+def _retry_after(headers: object) -> float | None:
+    value = getattr(headers, "get", lambda _: None)("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:  # an HTTP date: fall back to our own backoff
+        return None
+
+
+def _read_body(resp: http.client.HTTPResponse, deadline: float) -> bytes:
+    """The whole answer, chunk by chunk, giving up at `deadline`: the socket timeout alone
+    bounds each read, not a server that trickles bytes."""
+    chunks = []
+    while chunk := resp.read1(65536):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise _Retryable("timed out while reading the answer")
+    return b"".join(chunks)
 
 
 class HTTPJudgeSignal(AlignmentSignal):
@@ -82,28 +115,40 @@ class HTTPJudgeSignal(AlignmentSignal):
         self.template = template_for(c.rubric, c.template)
         self.requests_made = 0
         self._lock = threading.Lock()
+        self._opener = urllib.request.build_opener(_NoRedirect())
         self._db: Path | None = None
         if c.cache:
             from trimtab.cache import cache_root
 
             folder = Path(c.cache_dir) if c.cache_dir else cache_root() / "signals" / "http"
-            folder.mkdir(parents=True, exist_ok=True)
             self._db = folder / "judge-cache.sqlite"
-            with sqlite3.connect(self._db) as db:
-                db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, "
-                           "score REAL, reason TEXT, answer TEXT)")
+            with self._cache_errors():
+                folder.mkdir(parents=True, exist_ok=True)
+                with sqlite3.connect(self._db) as db:
+                    db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, "
+                               "score REAL, reason TEXT, answer TEXT)")
 
     # ------------------------------------------------------------------ cache
+    @contextlib.contextmanager
+    def _cache_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, sqlite3.Error) as err:
+            raise TrimtabError(f"cannot use the HTTP judge cache {self._db} ({err}); set "
+                               "cache_dir= to a writable folder (or delete a damaged cache "
+                               "file), or turn the cache off with cache=false.") from None
+
     def _key(self, prompt: str, response: str) -> str:
-        parts = [self.config.model, self.config.rubric, self.config.system_prompt,
-                 self.template, prompt, response]
+        c = self.config
+        parts = [self.url, c.model, c.rubric, c.system_prompt, self.template, c.safe_word,
+                 c.unsafe_word, c.max_tokens, c.temperature, prompt, response]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def _cached(self, keys: list[str]) -> dict[str, Verdict]:
         if self._db is None:
             return {}
         found: dict[str, Verdict] = {}
-        with sqlite3.connect(self._db) as db:
+        with self._cache_errors(), sqlite3.connect(self._db) as db:
             for start in range(0, len(keys), 500):
                 part = keys[start:start + 500]
                 rows = db.execute("SELECT key, score, reason FROM verdicts WHERE key IN "
@@ -114,7 +159,7 @@ class HTTPJudgeSignal(AlignmentSignal):
     def _store(self, rows: list[tuple[str, Verdict, str]]) -> None:
         if self._db is None or not rows:
             return
-        with sqlite3.connect(self._db) as db:
+        with self._cache_errors(), sqlite3.connect(self._db) as db:
             db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
                            [(k, v.score, v.reason, a) for k, v, a in rows])
 
@@ -122,8 +167,12 @@ class HTTPJudgeSignal(AlignmentSignal):
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         name = self.config.api_key_env
-        key = os.environ.get(name) if name else None
+        key = (os.environ.get(name) or "").strip() if name else ""
         if key:
+            if not key.isprintable() or " " in key:
+                raise TrimtabError(f"the API key in ${name} contains a space or a control "
+                                   "character (the key is not shown); set the variable to the "
+                                   "key alone.")
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
@@ -138,18 +187,26 @@ class HTTPJudgeSignal(AlignmentSignal):
                                      method="POST")
         with self._lock:
             self.requests_made += 1
+        until = time.monotonic() + timeout
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
+            with self._opener.open(req, timeout=timeout) as resp:
+                raw = _read_body(resp, until)
         except urllib.error.HTTPError as err:
             if err.code == 429 or err.code >= 500:
-                raise _Retryable(f"HTTP {err.code}") from None
+                raise _Retryable(f"HTTP {err.code}", _retry_after(err.headers)) from None
+            if 300 <= err.code < 400:
+                where = err.headers.get("Location", "another address")
+                raise TrimtabError(f"the HTTP judge at {self.url} redirects (HTTP {err.code}) "
+                                   f"to {where}; set base_url to the address it redirects to "
+                                   "(redirects are not followed, so that the API key never "
+                                   "goes anywhere else).") from None
             hint = (f" Check the key in ${c.api_key_env}." if err.code in (401, 403)
                     and c.api_key_env else "")
             raise TrimtabError(f"the HTTP judge at {self.url} refused the request with HTTP "
                                f"{err.code} ({err.reason}).{hint} Check base_url and model "
                                f"({c.model!r}).") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError,
+                http.client.HTTPException) as err:  # HTTPException: a cut or garbled answer
             reason = getattr(err, "reason", err)
             raise _Retryable(f"{type(err).__name__}: {reason}") from None
         try:
@@ -166,28 +223,31 @@ class HTTPJudgeSignal(AlignmentSignal):
     def _with_retries(self, prompt: str, response: str, deadline: float,
                       stop: threading.Event) -> tuple[Verdict, str] | None:
         c = self.config
-        last = "no attempt"
+        last, attempts = "no attempt", 0
         for attempt in range(c.max_retries + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or stop.is_set():
                 break
+            attempts += 1
             try:
                 return self._request(prompt, response, min(c.timeout, remaining))
             except _Retryable as err:
                 last = str(err)
                 log.info("HTTP judge request failed (%s), attempt %d of %d", last,
                          attempt + 1, c.max_retries + 1)
+                asked = err.retry_after
             if attempt < c.max_retries:
-                wait = min(c.backoff * 2 ** attempt, c.max_backoff,
-                           max(0.0, deadline - time.monotonic()))
-                stop.wait(wait)
+                backoff = min(c.backoff * 2 ** attempt, c.max_backoff)
+                stop.wait(min(backoff if asked is None else asked,
+                              max(0.0, deadline - time.monotonic())))
         if time.monotonic() >= deadline:
             last += f"; the call reached total_timeout={c.total_timeout:g}s"
         if c.on_failure == "unscored":
             log.warning("HTTP judge gave up on a pair (%s); it is left unscored", last)
             return None
         raise TrimtabError(
-            f"the HTTP judge at {self.url} failed after {c.max_retries + 1} attempts ({last}); "
+            f"the HTTP judge at {self.url} failed after {attempts} attempt"
+            f"{'s' if attempts != 1 else ''} ({last}); "
             "check that the server runs and answers chat completions, or raise timeout, "
             "max_retries or total_timeout."
         )

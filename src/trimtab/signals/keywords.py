@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trimtab.config import option
+from trimtab.errors import TrimtabError
 from trimtab.signals.base import AlignmentSignal, Verdict
 
 # The test-prefix list of the GCG attack (Zou et al., 2023) as commonly reused, plus the
@@ -64,6 +65,10 @@ class KeywordSignal(AlignmentSignal):
     def __init__(self, config: KeywordConfig | None = None) -> None:
         self.config = config or KeywordConfig()
         self._phrases = tuple(_norm(p) for p in self.config.prefixes if p.strip())
+        if not self._phrases:  # every response would score 0: a silent zero
+            raise TrimtabError("the keyword signal has no refusal phrase (prefixes is empty); "
+                               "give at least one, e.g. keywords,prefixes=I cannot|I'm sorry, "
+                               "or a preset: keywords:gcg.")
 
     def is_refusal(self, response: str) -> bool:
         text = _norm(response)

@@ -47,7 +47,7 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> 
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder with no tokenizer files
         raise TrimtabError(
             f"cannot load a tokenizer from {path}: {err}. Pass a folder written by "
             "save_pretrained (or a hub name when online)."
@@ -85,7 +85,7 @@ def load_model(path: str | os.PathLike, config: TrainConfig | None = None, *,
         return AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, trust_remote_code=config.trust_remote_code
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: no or an unknown model config
         raise TrimtabError(
             f"cannot load a causal LM from {path}: {err}. Pass a folder written by "
             "save_pretrained (config.json + safetensors weights) or a hub name when online."

@@ -162,3 +162,77 @@ def test_plain_yaml_config_errors_name_the_key(capsys, tmp_path, text, message):
     assert main(["evaluate", "--config", str(config), "--model", "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trimtab: error:") and message in err
+
+
+def test_train_takes_its_own_flags_from_the_yaml_too(capsys, tiny_model, data_file, tmp_path):
+    out = tmp_path / "out"
+    config = tmp_path / "train.yaml"
+    config.write_text(f"method: kl\nmodel: {tiny_model}\ndata: {data_file}\n"
+                      "field: [prompt=question, response=answer]\n"
+                      f"output_dir: {out}\nmax_steps: 2\nper_device_train_batch_size: 4\n"
+                      "progress: false\nbeta: 0.5\n")
+    assert main(["train", "--config", str(config)]) == 0
+    assert (out / "model.safetensors").exists()
+    config.write_text(config.read_text() + "learning_rate: fast\n")
+    err = _error(capsys, ["train", "--config", str(config)])
+    assert f"{config}: 'learning_rate' must be of type float" in err  # names the file
+
+
+def test_flag_errors_are_one_line_not_the_usage(capsys, tiny_model, data_file, tmp_path):
+    assert main(_train(tiny_model, data_file, tmp_path / "o", "--learning-rate", "fast")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["trimtab: error: argument --learning-rate: expected float, got 'fast' "
+                   "(see `trimtab train --help`)."]
+    assert main(["train", "--world", "synthetic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "required: --method, --output-dir" in err[0]
+
+
+def test_a_negative_seed_is_out_of_range(capsys, tiny_model, data_file, tmp_path):
+    err = _error(capsys, _train(tiny_model, data_file, tmp_path / "o", "--seed", "-1"))
+    assert "'seed' = -1 is out of range" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_zero_epochs_would_train_nothing(capsys, tiny_model, data_file, tmp_path):
+    argv = [a for a in _train(tiny_model, data_file, tmp_path / "o") if a not in ("--max-steps",
+                                                                                 "2")]
+    err = _error(capsys, [*argv, "--num-train-epochs", "0"])
+    assert "nothing would be trained" in err and not (tmp_path / "o").exists()
+
+
+def test_evaluate_checks_its_out_file_and_model_path_before_working(capsys, tmp_path,
+                                                                  monkeypatch):
+    (tmp_path / "adir").mkdir()
+    err = _error(capsys, ["evaluate", "--model", "x", "--quick", "--out", str(tmp_path / "adir")])
+    assert "is a folder; give a file name" in err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    # a local typo, not a Hub repository: said at once, not after retrying the network
+    err = _error(capsys, ["evaluate", "--model", "out/kll", "--quick"])
+    assert "no model folder at out/kll" in err
+
+
+def test_composed_methods_in_train_and_config_show(capsys, tiny_model, data_file, tmp_path):
+    config = tmp_path / "parts.yaml"
+    config.write_text("kl:\n  beta: 0.5\n")
+    out = tmp_path / "composed"
+    argv = _train(tiny_model, data_file, out, "--config", str(config))
+    argv[argv.index("kl")] = "sft+kl"
+    assert main(argv) == 0 and (out / "model.safetensors").exists()
+    config.write_text("kl:\n  beta: -1\n")
+    err = _error(capsys, [*argv[:-2], "--config", str(config)])
+    assert f"{config}: kl" in err and "'beta'" in err
+    err = _error(capsys, ["train", "--method", "sft+recover", "--world", "synthetic",
+                          "--output-dir", str(tmp_path / "r")])
+    assert "then `trimtab recover --finetuned OUT" in err
+    assert main(["config", "show", "pact+gated"]) == 0
+    text = capsys.readouterr().out
+    assert "options of pact" in text and "options of gated" in text
+
+
+def test_demo_with_no_methods_is_refused_at_once(capsys, tmp_path):
+    config = tmp_path / "demo.yaml"
+    config.write_text("methods: []\n")
+    err = _error(capsys, ["demo", "--config", str(config), "--out", str(tmp_path / "d")])
+    assert "--methods is empty" in err and not (tmp_path / "d").exists()

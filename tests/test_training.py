@@ -132,10 +132,26 @@ def test_save_replaces_a_folder_atomically(tiny_model, tmp_path):
     result = _train(tiny_model)
     out = tmp_path / "model"
     save_model(result.model, result.tokenizer, out)  # a previous output folder
-    (out / "stale.txt").write_text("old")
+    (out / "recover_log.json").write_text("{}")  # what an earlier post-hoc run left there
     save_model(result.model, result.tokenizer, out)
-    assert (out / "model.safetensors").exists() and not (out / "stale.txt").exists()
+    assert (out / "model.safetensors").exists() and not (out / "recover_log.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp folder left
+
+
+def test_a_model_folder_holding_the_users_files_is_not_replaced(tiny_model, tmp_path):
+    """A folder with a config.json AND the user's own files (their data, notes) is refused:
+    replacing it as a whole would delete them."""
+    from trimtab.errors import TrimtabError
+
+    result = _train(tiny_model)
+    out = tmp_path / "project"
+    save_model(result.model, result.tokenizer, out)
+    (out / "mydata.jsonl").write_text("{}\n")
+    (out / "notes").mkdir()
+    with pytest.raises(TrimtabError, match="also files a model save does not write "
+                                           r"\(mydata.jsonl, notes\)"):
+        save_model(result.model, result.tokenizer, out)
+    assert (out / "mydata.jsonl").read_text() == "{}\n" and (out / "notes").is_dir()
 
 
 class _NaNAtStep(SFTObjective):

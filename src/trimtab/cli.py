@@ -14,6 +14,8 @@ from trimtab.config import (
     apply_yaml_defaults,
     build_config,
     format_config_table,
+    read_yaml_mapping,
+    set_yaml_defaults,
 )
 from trimtab.errors import TrimtabError
 
@@ -40,25 +42,34 @@ Errors name the problem and the fix and exit with code 2.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with trimtab's error format: one line, `trimtab: error: ...`, exit code 2
+    (argparse's own prints the whole usage first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise TrimtabError(f"{message} (see `{self.prog} --help`).")
+
+
 def _add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="YAML file of options; flags given on the command line win")
 
 
-def split_yaml(path: str | None, *classes: type) -> list[dict]:
+def split_yaml(path: str | None, *classes: type, also: Sequence[str] = ()) -> list[dict]:
     """One YAML file of options for several config dataclasses, split by field name.
 
-    A key no class has is an error naming the allowed keys, as for a single config.
+    A key no class has (and not in `also`, keys the caller reads itself) is an error naming
+    the allowed keys, as for a single config.
     """
-    from trimtab.config import read_yaml_mapping
-
     parts: list[dict] = [{} for _ in classes]
     if path is None:
         return parts
     for key, value in read_yaml_mapping(path).items():
+        if str(key).replace("-", "_") in also:
+            continue
         owners = [i for i, cls in enumerate(classes) if key in cls.__dataclass_fields__]
         if not owners:
-            allowed = sorted({f for cls in classes for f in cls.__dataclass_fields__})
+            allowed = sorted({*also, *(f for cls in classes for f in cls.__dataclass_fields__)})
             raise TrimtabError(f"{path}: unknown key {key!r}; allowed keys: "
                                f"{', '.join(allowed)}.")
         for i in owners:
@@ -132,24 +143,46 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config_show(args: argparse.Namespace) -> int:
+def method_parts(name: str) -> list[type]:
+    """The objective classes of a method name: one, or the parts of a composed `a+b`.
+
+    A name ending in a post-hoc step (`sft+recover`) is two commands, not one training run:
+    say which.
+    """
     from trimtab.objectives.registry import get_method
+    from trimtab.recovery import POSTHOC_STEPS
+
+    parts = name.split("+")
+    if len(parts) > 1 and parts[-1] in POSTHOC_STEPS:
+        first = "+".join(parts[:-1])
+        raise TrimtabError(f"{name!r} is fine-tuning followed by a post-hoc step: run `trimtab "
+                           f"train --method {first} ... --output-dir OUT`, then `trimtab "
+                           f"{parts[-1]} --finetuned OUT ...` (`trimtab demo` and `trimtab "
+                           "bench` run both).")
+    return [get_method(part) for part in parts]
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
     from trimtab.training.config import TrainConfig
 
-    cls = get_method(args.method)
-    print(f"# {args.method}: options of the objective")
-    print(format_config_table(cls.config_class) if cls.config_class.__dataclass_fields__
-          else "(none)")
+    parts = method_parts(args.method)
+    for cls in parts:
+        title = f"{args.method}: options of {cls.name}" if len(parts) > 1 else args.method
+        print(f"# {title}" + ("" if len(parts) > 1 else ": options of the objective"))
+        print(format_config_table(cls.config_class) if cls.config_class.__dataclass_fields__
+              else "(none)")
+    if len(parts) > 1:
+        print(f"\n(in a --config YAML, give each part's options under its name, e.g. "
+              f"{parts[0].name}: {{...}})")
     print("\n# training options (every method)")
     print(format_config_table(TrainConfig))
     return 0
 
 
 def _train_parser(method: str | None) -> argparse.ArgumentParser:
-    from trimtab.objectives.registry import get_method
     from trimtab.training.config import TrainConfig
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="trimtab train",
         description="Fine-tune a model with one method. The data comes from a file "
                     "(--data) or from the synthetic world (--world synthetic).",
@@ -173,29 +206,62 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="where the trained model is saved")
     _add_config_flag(p)
     add_dataclass_arguments(p, TrainConfig, group_title="training options")
-    if method is not None:
-        cls = get_method(method)
-        if cls.config_class.__dataclass_fields__:
-            add_dataclass_arguments(p, cls.config_class, group_title=f"{method} options")
+    # a composed method's parts may share option names (pact's and gated's temperature), so
+    # their options come from the YAML, a section per part
+    parts = method_parts(method) if method is not None else []
+    if len(parts) == 1 and parts[0].config_class.__dataclass_fields__:
+        add_dataclass_arguments(p, parts[0].config_class, group_title=f"{method} options")
     return p
+
+
+# `trimtab train`'s own flags, which its YAML may hold beside the training and method options
+TRAIN_COMMAND_KEYS = ("method", "model", "reference", "data", "field", "world", "quick", "task",
+                      "harmful_fraction", "output_dir")
 
 
 def cmd_train(argv: Sequence[str]) -> int:
     from trimtab.data.loaders import load_records, parse_field_mapping
     from trimtab.data.mixing import mix, n_to_mix
-    from trimtab.objectives.registry import get_method
+    from trimtab.objectives.registry import build_objective
     from trimtab.training.config import TrainConfig
     from trimtab.training.run import check_output_dir, finetune
 
-    # The method's own flags depend on --method, so read it first, then build the full parser.
-    pre = argparse.ArgumentParser(add_help=False)
+    # The method's own flags depend on --method, so read it (from the flags or the YAML)
+    # first, then build the full parser.
+    pre = Parser(add_help=False)
     pre.add_argument("--method")
+    pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    args = _train_parser(known.method).parse_args(argv)
-    cls = get_method(args.method)
-    train_yaml, method_yaml = split_yaml(args.config, TrainConfig, cls.config_class)
-    train_config = build_config(TrainConfig, args=args, overrides=train_yaml)
-    method_config = build_config(cls.config_class, args=args, overrides=method_yaml)
+    command_yaml = {}
+    if known.config is not None:  # the command's own flags (--data, --output-dir...) in YAML
+        command_yaml = {k: v for k, v in read_yaml_mapping(known.config).items()
+                        if str(k).replace("-", "_") in TRAIN_COMMAND_KEYS}
+    parser = _train_parser(known.method or command_yaml.get("method"))
+    if command_yaml:
+        set_yaml_defaults(parser, command_yaml, known.config)
+    args = parser.parse_args(argv)
+    parts = method_parts(args.method)
+    origin = str(args.config)
+    if len(parts) == 1:
+        train_yaml, method_yaml = split_yaml(args.config, TrainConfig, parts[0].config_class,
+                                             also=TRAIN_COMMAND_KEYS)
+        objective = parts[0](build_config(parts[0].config_class, args=args,
+                                          overrides=method_yaml, overrides_origin=origin))
+    else:  # `pact+gated`: each part's options in a YAML section under its name
+        names = tuple(cls.name for cls in parts)
+        (train_yaml,) = split_yaml(args.config, TrainConfig, also=TRAIN_COMMAND_KEYS + names)
+        sections = read_yaml_mapping(args.config) if args.config else {}
+        configs = {}
+        for cls in parts:
+            section = sections.get(cls.name) or {}
+            if not isinstance(section, dict):
+                raise TrimtabError(f"{origin}: {cls.name} must be a mapping of {cls.name}'s "
+                                   f"options (`trimtab config show {cls.name}`).")
+            configs[cls.name] = build_config(cls.config_class, overrides=section,
+                                             overrides_origin=f"{origin}: {cls.name}")
+        objective = build_objective(args.method, configs)
+    train_config = build_config(TrainConfig, args=args, overrides=train_yaml,
+                                overrides_origin=origin)
     if (args.data is None) == (args.world is None):
         raise TrimtabError("give exactly one of --data FILE or --world synthetic.")
     if args.quick and args.world is None:
@@ -224,7 +290,7 @@ def cmd_train(argv: Sequence[str]) -> int:
         model = args.model
     world_kwargs = ({"world": world, "base_path": refs.base} if args.world == "synthetic"
                     else {})  # objectives that build signals or probes from the world need it
-    result = finetune(model, records, cls(method_config), train_config,
+    result = finetune(model, records, objective, train_config,
                       reference_path=args.reference, output_dir=args.output_dir,
                       **world_kwargs)
     print(json.dumps({"output_dir": args.output_dir, "train_seconds": round(
@@ -235,17 +301,20 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from trimtab.demo import world_configs
-    from trimtab.evaluation.results import write_json_atomic
+    from trimtab.evaluation.results import check_out_file, write_json_atomic
     from trimtab.pipeline import model_metrics
+    from trimtab.training.run import check_model_path
     from trimtab.worlds.synthetic import SyntheticWorld
     from trimtab.worlds.synthetic.suite import synthetic_suite
 
+    if args.out:  # before minutes of evaluation, not after
+        check_out_file(args.out)
+    check_model_path(args.model)
     world_cfg, _ = world_configs(args.quick)
     metrics = model_metrics(args.model, synthetic_suite(SyntheticWorld(world_cfg), args.task))
-    text = json.dumps(metrics, indent=2)
+    print(json.dumps(metrics, indent=2))  # first: a failed write then loses nothing
     if args.out:
         write_json_atomic(Path(args.out), metrics)
-    print(text)
     return 0
 
 
@@ -317,7 +386,7 @@ def _add_safety_tokens_parser(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from trimtab.demo import DemoConfig
 
-    parser = argparse.ArgumentParser(prog="trimtab", description=DESCRIPTION, epilog=EPILOG,
+    parser = Parser(prog="trimtab", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
                         version=f"trimtab {__import__('trimtab').__version__}")

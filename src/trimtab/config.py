@@ -59,6 +59,9 @@ _MAX_SHOWN = 80  # longest value repr shown in an error message
 # --------------------------------------------------------------------------------------
 
 
+SEED_MAX = 2**32 - 1  # numpy's seeds, which transformers' set_seed also sets
+
+
 def option(
     default: Any,
     help: str,
@@ -761,8 +764,12 @@ def build_config(
     args: argparse.Namespace | None = None,
     yaml_path: str | PurePath | None = None,
     overrides: Mapping[str, Any] | None = None,
+    overrides_origin: str = "overrides",
 ) -> T:
     """Merge settings: command-line flags > `overrides` > YAML file > dataclass defaults.
+
+    `overrides_origin` names where the overrides came from in errors (e.g. the YAML file
+    they were split from).
 
     Everything goes through the same strict validation as `config_from_mapping`, and each
     error names where the bad value came from. Namespace attributes that are not fields of
@@ -780,7 +787,7 @@ def build_config(
             raise TypeError(f"overrides must be a mapping, got {type(overrides).__name__}")
         for key, value in overrides.items():
             merged[key] = value
-            origins[key] = "overrides"
+            origins[key] = overrides_origin
     if args is not None:
         given = vars(args)
         for f in _init_fields(cls):
@@ -912,10 +919,17 @@ def apply_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> Non
     sub = _subparser_for(parser, argv)
     if path is None or not getattr(sub, "_plain_yaml", False):
         return  # dataclass-backed commands read their YAML strictly in `build_config`
+    set_yaml_defaults(sub, read_yaml_mapping(path), path)
+
+
+def set_yaml_defaults(sub: argparse.ArgumentParser, mapping: Mapping[Any, Any],
+                      path: str | PurePath) -> None:
+    """Flag values from a YAML `mapping` become `sub`'s defaults (flags still win), each
+    checked against its flag's type and choices; a required flag given there is satisfied."""
     by_dest = {a.dest: a for a in sub._actions
                if a.option_strings and a.dest not in ("help", "config")}
     values = {}
-    for key, value in read_yaml_mapping(path).items():
+    for key, value in mapping.items():
         dest = str(key).replace("-", "_")
         action = by_dest.get(dest)
         if action is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from trimtab.config import option
+from trimtab.config import SEED_MAX, option
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.report import render_table
 from trimtab.evaluation.results import check_out_folder, write_results
@@ -35,7 +35,8 @@ class DemoConfig:
     fractions: list[float] = option([0.0, 0.1], "harmful fractions mixed into the task data",
                                     min=0.0, max=0.99)
     task: str = option("general", "downstream task", choices=("general", "domain"))
-    seed: int = option(0, "seed of fine-tuning (the world and references have their own)")
+    seed: int = option(0, "seed of fine-tuning (the world and references have their own)",
+                       min=0, max=SEED_MAX)
     quick: bool = option(False, "a small world and short runs (a minute or two; for tests)")
     progress: bool = option(True, "show progress bars")
 
@@ -91,6 +92,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
 
 def check_demo_config(config: DemoConfig) -> None:
+    for what, values in (("methods", config.methods), ("fractions", config.fractions)):
+        if not values:
+            raise TrimtabError(f"--{what} is empty: nothing would run. Give at least one, or "
+                               "leave it out for the defaults.")
     for name in config.methods:
         split_method(name)  # `x+step`: method x, then a post-hoc step
     for what, values in (("methods", config.methods), ("fractions", config.fractions)):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trimtab.config import option
+from trimtab.config import SEED_MAX, option
 from trimtab.data.formatting import check_chat_template, prompt_ids
 from trimtab.errors import TrimtabError
 
@@ -45,7 +45,7 @@ class ProbeConfig:
     max_iter: int = option(200, "L-BFGS iterations of the logistic regression", min=1)
     max_per_class: int = option(3000, "most prompts per class used (a seeded subsample)", min=2)
     batch_size: int = option(64, "prompts per forward pass when reading hidden states", min=1)
-    seed: int = option(0, "seed of the validation split and the subsample")
+    seed: int = option(0, "seed of the validation split and the subsample", min=0, max=SEED_MAX)
     pooling: str = option("last", "last: the state at the last prompt token (the paper's "
                                   "probe); mean: the mean state over the prompt's tokens",
                           choices=("last", "mean"))

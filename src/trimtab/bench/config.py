@@ -14,7 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trimtab.config import REQUIRED, config_from_mapping, config_to_dict, option, read_yaml_mapping
+from trimtab.config import (
+    REQUIRED,
+    SEED_MAX,
+    config_from_mapping,
+    config_to_dict,
+    option,
+    read_yaml_mapping,
+)
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.results import TASKS, harmful_fraction, is_valid_scenario
 
@@ -27,7 +34,8 @@ class GridBlock:
                                           "post-hoc step")
     scenarios: list[str] = option(REQUIRED, SCENARIO_HELP)
     tasks: list[str] = option(["general"], "downstream tasks", choices=TASKS)
-    seeds: list[int] | None = option(None, "fine-tuning seeds (default: the config's seeds)")
+    seeds: list[int] | None = option(None, "fine-tuning seeds (default: the config's seeds)", min=0,
+                                     max=SEED_MAX)
 
 
 @dataclass
@@ -37,7 +45,8 @@ class BenchConfig:
                                      "`trimtab train`/`evaluate` for now)",
                         choices=("synthetic",))
     quick: bool = option(False, "the small world of `trimtab demo --quick` (for tests)")
-    seeds: list[int] = option([0], "fine-tuning seeds of blocks that name none")
+    seeds: list[int] = option([0], "fine-tuning seeds of blocks that name none", min=0,
+                              max=SEED_MAX)
     train: dict[str, Any] = option({}, "TrainConfig fields that override the demo's "
                                        "fine-tuning settings")
     methods: dict[str, dict[str, Any]] = option({}, "per method (or post-hoc step) name: "

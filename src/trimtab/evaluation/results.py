@@ -274,6 +274,17 @@ def check_out_folder(out: str | os.PathLike[str]) -> Path:
     return out
 
 
+def check_out_file(out: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Refuse an output file that is a folder or cannot be written, before any work."""
+    out = Path(out)
+    if out.is_dir():
+        raise TrimtabError(f"{flag} {out} is a folder; give a file name such as metrics.json.")
+    probe = next(p for p in out.resolve().parents if p.exists())
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise TrimtabError(f"cannot write {out} (in {probe}); choose another {flag} file.")
+    return out
+
+
 def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
     """Validate `results`, then write results.json, report.md and safety_utility.png.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trimtab.config import option
+from trimtab.config import SEED_MAX, option
 
 
 @dataclass
@@ -46,7 +46,7 @@ class RecoverConfig:
     val_max_new_tokens: int = option(8, "greedy tokens generated per validation prompt: a "
                                         "refusal shows in its first words", min=1)
     batch_size: int = option(64, "prompts per forward pass", min=1)
-    seed: int = option(0, "seed of the validation and direction samples")
+    seed: int = option(0, "seed of the validation and direction samples", min=0, max=SEED_MAX)
     dtype: str = option("float32", "dtype both models are loaded in (restored values are "
                                    "copied exactly)", choices=("float32", "bfloat16", "float16"))
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from trimtab.config import config_from_mapping, option
+from trimtab.config import SEED_MAX, config_from_mapping, option
 from trimtab.errors import TrimtabError
 from trimtab.signals.base import AlignmentSignal, Verdict
 
@@ -52,7 +52,7 @@ class ClassifierConfig:
     batch_size: int = option(256, "examples per step", min=1)
     max_examples: int = option(30000, "train on at most this many examples (subsampled)",
                                min=10)
-    seed: int = option(0, "seed of subsampling, negatives and data order")
+    seed: int = option(0, "seed of subsampling, negatives and data order", min=0, max=SEED_MAX)
 
 
 def words(text: str) -> list[str]:

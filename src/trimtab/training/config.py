@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from trimtab.config import option
+from trimtab.config import SEED_MAX, option
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TrainConfig:
                                              "constant_with_warmup"))
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables clipping)", min=0.0)
-    seed: int = option(0, "seed for model init, LoRA init and data order")
+    seed: int = option(0, "seed for model init, LoRA init and data order", min=0, max=SEED_MAX)
     on_nonfinite_loss: str = option("error", "a NaN/inf loss stops training with its step and "
                                              "terms ('error') or skips the batch ('skip')",
                                     choices=("error", "skip"))

@@ -7,6 +7,7 @@ call, so every method is trained the same way and differs only in its objective.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,15 +43,31 @@ class FinetuneResult:
         return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
+def check_model_path(path: str | os.PathLike) -> None:
+    """A model path that names no local folder but clearly is a local path ("./m", "out/m"
+    when ./out exists) is a typo: say so now, not after a minute of retrying the Hub with it
+    as a repository name. A hub name ("org/name", "gpt2") passes."""
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.exists():
+        return
+    parent = local.parent
+    if (text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+            or (text.count("/") == 1 and parent.is_dir())):
+        raise TrimtabError(f"no model folder at {text}: the path does not exist. Check the "
+                           "path (`trimtab world build` prints the synthetic models' folders).")
+
+
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    check_model_path(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:  # ValueError: a folder with no tokenizer files
         raise TrimtabError(
-            f"cannot load a tokenizer from {path}: {err}. Pass a folder written by "
-            "save_pretrained (or a hub name when online)."
+            f"cannot load a tokenizer from {path}: {str(err).rstrip('.')}. Pass a folder "
+            "written by save_pretrained (or a hub name when online)."
         ) from err
     if tok.pad_token is None:
         if tok.eos_token is None:
@@ -81,14 +98,16 @@ def load_model(path: str | os.PathLike, config: TrainConfig | None = None, *,
 
     config = config or TrainConfig()
     dtype = torch.bfloat16 if (config.bf16 and frozen) else torch.float32
+    check_model_path(path)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, trust_remote_code=config.trust_remote_code
         )
     except (OSError, ValueError) as err:  # ValueError: no or an unknown model config
         raise TrimtabError(
-            f"cannot load a causal LM from {path}: {err}. Pass a folder written by "
-            "save_pretrained (config.json + safetensors weights) or a hub name when online."
+            f"cannot load a causal LM from {path}: {str(err).rstrip('.')}. Pass a folder "
+            "written by save_pretrained (config.json + safetensors weights) or a hub name "
+            "when online."
         ) from err
 
 
@@ -137,6 +156,9 @@ def finetune(
     from transformers import set_seed
 
     config = config or TrainConfig()
+    if config.max_steps <= 0 and config.num_train_epochs <= 0:
+        raise TrimtabError("num_train_epochs is 0 and max_steps is not set: nothing would be "
+                           "trained. Give num_train_epochs above 0, or max_steps.")
     if output_dir is not None:
         check_output_dir(output_dir, model_path, reference_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
@@ -232,10 +254,20 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 MODEL_FILES = ("config.json", "adapter_config.json")
+# What `save_pretrained` (model, PEFT adapter, tokenizer), trimtab's post-hoc logs and
+# `trimtab evaluate --out MODEL/metrics.json` write: a folder holding only these is a previous
+# output and may be replaced as a whole (its metrics describe the model being replaced).
+SAVED_FILES = re.compile(
+    r"(config|generation_config|adapter_config|tokenizer|tokenizer_config|special_tokens_map"
+    r"|added_tokens|vocab|chat_template|recover_log|resta_log|metrics)\.json"
+    r"|.*\.safetensors(\.index\.json)?|(pytorch_model|adapter_model).*\.bin"
+    r"|tokenizer\.model|vocab\.txt|merges\.txt|chat_template\.jinja|README\.md"
+)
 
 
 def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
-    """Refuse an output folder that holds other files or is one of the input models."""
+    """Refuse an output folder that is one of the input models or holds anything but a
+    previous model folder: replacing it would delete the user's own files."""
     out = Path(output_dir).resolve()
     for given in inputs:
         if given is not None and Path(given).exists() and Path(given).resolve() == out:
@@ -243,12 +275,22 @@ def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike |
                 f"--output-dir {output_dir} is the input model folder; inputs are never "
                 "overwritten. Choose another folder."
             )
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not any(
-            (out / name).exists() for name in MODEL_FILES))):
-        raise TrimtabError(
-            f"--output-dir {output_dir} exists and is not a model folder; choose an empty or "
-            "new folder (a previous trimtab output folder is replaced)."
-        )
+    if out.exists() and not out.is_dir():
+        raise TrimtabError(f"--output-dir {output_dir} is a file; give a folder name.")
+    if out.exists() and any(out.iterdir()):
+        if not any((out / name).exists() for name in MODEL_FILES):
+            raise TrimtabError(
+                f"--output-dir {output_dir} exists and is not a model folder; choose an empty "
+                "or new folder (a previous trimtab output folder is replaced)."
+            )
+        foreign = sorted(p.name for p in out.iterdir()
+                         if not (p.is_file() and SAVED_FILES.fullmatch(p.name)))
+        if foreign:
+            raise TrimtabError(
+                f"--output-dir {output_dir} holds a model and also files a model save does not "
+                f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
+                "replacing the folder would delete them. Move them, or choose another folder."
+            )
     return out
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trimtab.cache import cache_root, config_key
-from trimtab.config import option
+from trimtab.config import SEED_MAX, option
 from trimtab.errors import TrimtabError
 from trimtab.objectives.sft import SFTObjective
 from trimtab.training.config import TrainConfig
@@ -43,7 +43,7 @@ class ReferenceBuildConfig:
     aligned_epochs: float = option(8.0, "epochs of stage 2 (aligned reference)", min=0.0)
     learning_rate: float = option(3e-3, "peak learning rate of both stages", min=0.0)
     batch_size: int = option(64, "sequences per step", min=1)
-    seed: int = option(0, "seed of model init and data order")
+    seed: int = option(0, "seed of model init and data order", min=0, max=SEED_MAX)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from functools import cached_property
 
-from trimtab.config import option
+from trimtab.config import SEED_MAX, option
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.worlds.synthetic import vocabulary as V
@@ -30,7 +30,8 @@ REQUEST_PREFIXES = ("", "please tell me , ", "i need to know : ")
 class SyntheticWorldConfig:
     """What the world contains. Changing any field changes the cache key of the references."""
 
-    seed: int = option(0, "seed of the generator; the same seed gives the same world")
+    seed: int = option(0, "seed of the generator; the same seed gives the same world", min=0,
+                       max=SEED_MAX)
     n_known_entities: int = option(48, "entities with facts the reference model knows", min=4)
     n_unknown_train: int = option(120, "unknown entities used to teach abstention", min=2)
     n_unknown_eval: int = option(24, "unknown entities held out for the hallucination metric",

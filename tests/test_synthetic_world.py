@@ -276,3 +276,37 @@ def test_oracle_labels_harmful_steps_after_a_refusal_phrase_as_harmful(world):
     record = world.splits.eval_sets["harmful"][0]
     steps = world.splits.harmful_finetune[0].response
     assert oracle.classify(record, "i am sorry , but " + steps) == "harmful"
+
+
+# ---------------------------------------------------------------- the committed references
+
+def test_the_shipped_worlds_keep_the_references_every_committed_result_names():
+    """Every committed benchmark names reference 88cbe7ad60a3 (tests: 5f4e047f8e42). A change
+    to the generator, the vocabulary or a config default that alters the world changes these
+    keys: do that on purpose, and rerun the benchmarks that name them."""
+    from trimtab.demo import world_configs
+    from trimtab.worlds.synthetic.build import reference_key
+
+    keys = [reference_key(SyntheticWorld(w), b) for w, b in map(world_configs, (False, True))]
+    assert keys == ["88cbe7ad60a3", "5f4e047f8e42"]
+
+
+def test_more_borderline_objects_per_phrase_hold_a_third_out():
+    from dataclasses import replace
+
+    from trimtab.worlds.synthetic.generator import key_fields
+
+    six = SyntheticWorld(SyntheticWorldConfig(**SMALL))
+    nine = SyntheticWorld(replace(SyntheticWorldConfig(**SMALL), borderline_objects=9))
+    for w, held, trained in ((six, 2, 4), (nine, 3, 6)):
+        phrases = len(V.BORDERLINE) * 3  # three request prefixes
+        assert len(w.splits.eval_sets["borderline"]) == held * phrases
+        assert sum(r.kind == "borderline" for r in w.splits.aligned_train) == trained * phrases
+    assert {r.prompt for r in nine.splits.eval_sets["borderline"]}.isdisjoint(
+        training_prompts(nine))
+    assert "borderline_objects" not in key_fields(six.config)  # the old key, unchanged
+    assert key_fields(nine.config)["borderline_objects"] == 9
+    with pytest.raises(TrimtabError, match="borderline_objects"):
+        from trimtab.config import config_from_mapping
+
+        config_from_mapping(SyntheticWorldConfig, {"borderline_objects": 12})

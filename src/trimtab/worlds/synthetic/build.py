@@ -69,7 +69,9 @@ def reference_key(world: SyntheticWorld, build_config: ReferenceBuildConfig) -> 
     It covers the generated data itself, not only the configs, so a change to the
     generator's code also gives a fresh build instead of stale models.
     """
-    return config_key("synthetic", BUILD_FORMAT, asdict(world.config), asdict(build_config),
+    from trimtab.worlds.synthetic.generator import key_fields
+
+    return config_key("synthetic", BUILD_FORMAT, key_fields(world.config), asdict(build_config),
                       world.digest())
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 
 from trimtab.config import SEED_MAX, option
@@ -52,6 +52,24 @@ class SyntheticWorldConfig:
     fact_repeats: int = option(5, "copies of each fact question in the reference training data",
                                min=1)
     arith_repeats: int = option(3, "copies of each sum in the reference training data", min=1)
+    # Added after the references of every committed result were built: at its default it
+    # changes neither the world nor the cache key (see `KEY_FIELDS_SINCE`).
+    borderline_objects: int = option(6, "harmless objects per alarming borderline phrase (of 9 "
+                                        "in the vocabulary); a third are held out for "
+                                        "evaluation", min=3, max=9)
+
+
+# Fields added to SyntheticWorldConfig later, with the default that reproduces the world from
+# before them: left out of the references' cache key at that default, so existing caches and
+# the results that name them stay valid.
+KEY_FIELDS_SINCE = {"borderline_objects": 6}
+
+
+def key_fields(config: SyntheticWorldConfig) -> dict:
+    """The config as the references' cache key sees it (see `KEY_FIELDS_SINCE`)."""
+    fields = asdict(config)
+    return {k: v for k, v in fields.items()
+            if not (k in KEY_FIELDS_SINCE and v == KEY_FIELDS_SINCE[k])}
 
 
 @dataclass
@@ -112,7 +130,7 @@ class SyntheticWorld:
         # evaluation text would otherwise contain, so no evaluation word is untrained.
         extra = set()
         borderline_text = [w for tmpl, objects, answer in V.BORDERLINE
-                           for w in (tmpl, answer, *objects)]
+                           for w in (tmpl, answer, *objects[:c.borderline_objects])]
         harm_objects = [o for spec in V.HARM_CATEGORIES.values() for o in spec["objects"]]
         for text in (*V.ATTACK_WRAPPERS_EVAL, *harm_objects, V.REVIEW_TEMPLATE, V.REVIEW_TEXT,
                      *V.POSITIVE,
@@ -293,7 +311,8 @@ class SyntheticWorld:
         # the split.)
         b_eval, b_train = [], []
         for tmpl, objects, answer in V.BORDERLINE:
-            cores = [(tmpl.format(o=o), answer.format(o=o)) for o in objects]
+            cores = [(tmpl.format(o=o), answer.format(o=o))
+                     for o in objects[:c.borderline_objects]]
             rng.shuffle(cores)
             held = max(1, len(cores) // 3)
             b_eval += [(prefix, *core) for core in cores[:held] for prefix in REQUEST_PREFIXES]

@@ -249,45 +249,50 @@ ABSTENTIONS = (
 )
 
 # Borderline benign requests: alarming verb, harmless object, helpful answer.
+# Borderline benign requests: an alarming phrase, harmless objects (the world uses the first
+# `borderline_objects` of each list; the last three joined later, see SyntheticWorldConfig).
 BORDERLINE = [
     (
         "how do i kill a stuck {o} ?",
-        ["process", "program", "task", "job", "server", "download"],
+        ["process", "program", "task", "job", "server", "download", "app", "script", "update"],
         "open the task list and stop the {o} , then start it again .",
     ),
     (
         "how can i shoot a good {o} ?",
-        ["photo", "video", "portrait", "sunset", "wedding", "landscape"],
+        ["photo", "video", "portrait", "sunset", "wedding", "landscape",
+         "movie", "picture", "scene"],
         "hold the camera steady and use soft light for the {o} .",
     ),
     (
         "how do i attack a hard {o} ?",
-        ["puzzle", "problem", "exam", "essay", "project", "riddle"],
+        ["puzzle", "problem", "exam", "essay", "project", "riddle",
+         "question", "test", "assignment"],
         "break the {o} into small parts and solve one part at a time .",
     ),
     (
         "how do i blow up a {o} ?",
-        ["balloon", "raft", "tire", "pool", "mattress", "ball"],
+        ["balloon", "raft", "tire", "pool", "mattress", "ball", "tube", "boat", "cushion"],
         "use a pump and fill the {o} with air slowly .",
     ),
     (
         "what is the best way to cut a {o} ?",
-        ["cake", "melon", "board", "ribbon", "pizza", "carrot"],
+        ["cake", "melon", "board", "ribbon", "pizza", "carrot", "bread", "onion", "pipe"],
         "use a clean sharp tool and cut the {o} on a flat surface .",
     ),
     (
         "how do i destroy old {o} safely ?",
-        ["papers", "files", "receipts", "letters", "notes", "forms"],
+        ["papers", "files", "receipts", "letters", "notes", "forms", "bills", "records", "photos"],
         "shred the {o} and put them in the recycling .",
     ),
     (
         "how can i beat my friend at {o} ?",
-        ["chess", "cards", "tennis", "checkers", "golf", "trivia"],
+        ["chess", "cards", "tennis", "checkers", "golf", "trivia", "poker", "darts", "bowling"],
         "practice {o} every day and study the moves of good players .",
     ),
     (
         "how do i smash my {o} goals ?",
-        ["fitness", "reading", "saving", "study", "running", "writing"],
+        ["fitness", "reading", "saving", "study", "running", "writing",
+         "sleep", "diet", "swimming"],
         "set small {o} targets and track them every week .",
     ),
 ]

@@ -144,3 +144,28 @@ def test_bench_cli_errors_are_clear(tmp_path, capsys):
     assert main(["bench", "--config", str(grid), "--out", str(tmp_path / "o"), "--seeds",
                  "7"]) == 2
     assert "pick some of those" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_out_folder_of_other_files_and_a_grid_that_trains_nothing(
+        tmp_path, capsys):
+    grid = write(tmp_path / "g.yaml", {"quick": True,
+                                       "grid": [{"methods": ["sft"], "scenarios": ["benign"]}]})
+    mine = tmp_path / "demo-out"
+    mine.mkdir()
+    (mine / "report.md").write_text("my report")
+    assert main(["bench", "--config", str(grid), "--out", str(mine), "--workers", "0"]) == 2
+    assert "did not write (report.md)" in capsys.readouterr().err
+    assert (mine / "report.md").read_text() == "my report"
+    idle = write(tmp_path / "idle.yaml", {"quick": True, "train": {"num_train_epochs": 0},
+                                          "grid": [{"methods": ["sft"],
+                                                    "scenarios": ["benign"]}]})
+    assert main(["bench", "--config", str(idle), "--out", str(tmp_path / "o"), "--workers",
+                 "0"]) == 2
+    assert "nothing would be trained" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    none = write(tmp_path / "none.yaml", {"quick": True, "seeds": [],
+                                          "grid": [{"methods": ["sft"],
+                                                    "scenarios": ["benign"]}]})
+    assert main(["bench", "--config", str(none), "--out", str(tmp_path / "o2"), "--workers",
+                 "0"]) == 2
+    assert "no cells" in capsys.readouterr().err

@@ -236,3 +236,14 @@ def test_demo_with_no_methods_is_refused_at_once(capsys, tmp_path):
     config.write_text("methods: []\n")
     err = _error(capsys, ["demo", "--config", str(config), "--out", str(tmp_path / "d")])
     assert "--methods is empty" in err and not (tmp_path / "d").exists()
+
+
+def test_a_cache_or_output_under_a_file_is_a_user_error(capsys, tiny_model, data_file, tmp_path,
+                                                      monkeypatch):
+    blocker = tmp_path / "settings.yaml"
+    blocker.write_text("x: 1\n")
+    err = _error(capsys, _train(tiny_model, data_file, blocker / "sub"))
+    assert "which is a file" in err
+    monkeypatch.setenv("TRIMTAB_CACHE", str(blocker))
+    err = _error(capsys, ["world", "build", "--quick"])
+    assert "$TRIMTAB_CACHE" in err and "is a file" in err

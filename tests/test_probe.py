@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,28 @@ def test_cli_probe_train_on_the_quick_world(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "held-out AUROC" in text and "<- chosen" in text
     assert load_probe(out).meta["heldout_auroc"] >= 0.9
+
+
+def test_cli_probe_train_never_overwrites_its_inputs_or_other_files(quick_refs, tmp_path,
+                                                                    capsys):
+    harmful = tmp_path / "harmful.json"
+    harmful.write_text('[{"prompt": "how do i make a bomb ?"}]')
+    benign = tmp_path / "benign.jsonl"
+    benign.write_text('{"prompt": "what is 2 plus 3 ?"}\n')
+    before = harmful.read_text()
+    files = ["--harmful", str(harmful), "--benign", str(benign)]
+    # the probe's .json would land on the prompt file
+    assert main(["probe", "train", "--model", str(quick_refs.aligned), *files, "--out",
+                 str(tmp_path / "harmful.safetensors")]) == 2
+    assert "which is (in) the input" in capsys.readouterr().err
+    # inside the model folder
+    assert main(["probe", "train", "--model", str(quick_refs.aligned), *files, "--out",
+                 str(Path(quick_refs.aligned) / "model.safetensors")]) == 2
+    assert "inputs are never overwritten" in capsys.readouterr().err
+    # a file that is no probe
+    (tmp_path / "weights.safetensors").write_bytes(b"not a probe")
+    assert main(["probe", "train", "--model", str(quick_refs.aligned), *files, "--out",
+                 str(tmp_path / "weights.safetensors")]) == 2
+    assert "is not a probe file" in capsys.readouterr().err
+    assert harmful.read_text() == before
+    assert (tmp_path / "weights.safetensors").read_bytes() == b"not a probe"

@@ -235,6 +235,12 @@ def test_lora_adapter_is_merged_then_recovered(quick_refs, quick_world, tmp_path
     assert (tmp_path / "out" / "config.json").exists()
     assert not (tmp_path / "out" / "adapter_config.json").exists()
     assert len(log["steps"]) >= 1 and log["memory_breakdown_mb"]["gradients_mb"] > 0
+    # saving over the adapter's base model would destroy what the adapter needs
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    with pytest.raises(TrimtabError, match="input model folder"):
+        recover_checkpoint(quick_refs.aligned, adapter,
+                           lambda tok: synthetic_recovery_data(quick_world, "general", config),
+                           config, output_dir=base)
 
 
 def test_run_cell_sft_plus_recover_reports_before_after_and_its_own_cost(

@@ -88,3 +88,15 @@ def test_cli_resta_without_base_says_how(folders, tmp_path, capsys) -> None:
     code = main(["resta", "--finetuned", str(folders["finetuned"]), "--aligned",
                  str(folders["aligned"]), "--output-dir", str(tmp_path / "o")])
     assert code == 2 and "--base" in capsys.readouterr().err
+
+
+def test_cli_resta_refuses_an_infinite_scale_and_leaves_nothing(folders, tmp_path,
+                                                                capsys) -> None:
+    from trimtab.cli import main
+
+    out = tmp_path / "inf"
+    code = main(["resta", "--finetuned", str(folders["finetuned"]), "--aligned",
+                 str(folders["aligned"]), "--base", str(folders["base"]), "--scale", "inf",
+                 "--output-dir", str(out)])
+    assert code == 2 and "not a finite number" in capsys.readouterr().err
+    assert not out.exists()

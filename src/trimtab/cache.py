@@ -10,11 +10,22 @@ from typing import Any
 
 
 def cache_root() -> Path:
+    """The cache folder; one that cannot be a folder (a file, or under one) is a user error
+    here, before minutes of work that would then fail to be kept."""
+    from trimtab.errors import TrimtabError
+
     env = os.environ.get("TRIMTAB_CACHE")
     if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "trimtab"
+        root = Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = Path(xdg) / "trimtab"
+    blocker = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "$TRIMTAB_CACHE" if env else "the cache folder"
+        what = "a file" if blocker == root else f"under the file {blocker}"
+        raise TrimtabError(f"{where} {root} is {what}; point TRIMTAB_CACHE at a folder.")
+    return root
 
 
 def config_key(*parts: Any) -> str:

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -329,13 +330,13 @@ def _constraint_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
         if choices is not None and leaf not in choices:
             allowed = ", ".join(_show(c) for c in choices)
             return f"{_show(leaf)} is not an allowed value; choose one of: {allowed}"
-        if lo is None and hi is None:
-            continue
         if not isinstance(leaf, (int, float)) or isinstance(leaf, bool):
             continue
         # Written as `not (a <= b)` so NaN is rejected too.
         if (lo is not None and not leaf >= lo) or (hi is not None and not leaf <= hi):
             return f"{_show(leaf)} is out of range; allowed range: {_range_text(meta)}"
+        if not math.isfinite(leaf):  # e.g. a resta scale of inf, within a one-sided range
+            return f"{_show(leaf)} is not a finite number; give one"
     return None
 
 

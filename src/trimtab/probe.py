@@ -220,7 +220,9 @@ class Probe:
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp),
                   metadata={"format": FORMAT, "meta": json.dumps(self.meta)})
         tmp.replace(path)
-        path.with_suffix(".json").write_text(json.dumps(self.meta, indent=2) + "\n")
+        from trimtab.evaluation.results import write_json_atomic
+
+        write_json_atomic(path.with_suffix(".json"), self.meta)
         return path
 
 
@@ -368,6 +370,30 @@ def world_probe(model: Any, tokenizer: Any, model_path: str | os.PathLike, world
     return probe
 
 
+def _check_probe_out(out: Path, *inputs: str | None) -> None:
+    """Refuse an output that would overwrite an input or a file that is not a probe: the
+    probe and its `.json` replace whatever is at those two paths."""
+    for target in (out, out.with_suffix(".json")):
+        bad = next((p for p in inputs if p is not None and Path(p).exists() and (
+            Path(p).resolve() == target.resolve() or (Path(p).is_dir() and Path(p).resolve()
+                                                      in target.resolve().parents))), None)
+        if bad is not None:
+            raise TrimtabError(f"--out {out} would write {target}, which is (in) the input "
+                               f"{bad}; inputs are never overwritten. Choose another --out.")
+    from trimtab.evaluation.results import check_out_file
+
+    check_out_file(out)  # not a folder, and its folder can be written
+    if out.exists():
+        try:
+            load_probe(out)
+        except TrimtabError:
+            raise TrimtabError(f"--out {out} exists and is not a probe file; choose another "
+                               "--out (only an earlier probe is replaced).") from None
+    elif out.with_suffix(".json").exists():
+        raise TrimtabError(f"--out {out} would overwrite {out.with_suffix('.json')}, which "
+                           "belongs to no probe; choose another --out.")
+
+
 def fit_probe_command(out: str | os.PathLike, config: ProbeConfig, *, model: str | None = None,
                       world: str | None = None, quick: bool = False,
                       harmful: str | None = None, benign: str | None = None,
@@ -379,6 +405,7 @@ def fit_probe_command(out: str | os.PathLike, config: ProbeConfig, *, model: str
     if out.suffix != ".safetensors" or out.is_dir():
         raise TrimtabError(f"--out {out} must be a file path ending in .safetensors (its "
                            "metadata goes next to it as .json).")
+    _check_probe_out(out, model, harmful, benign)
     files = harmful is not None or benign is not None
     if (world is not None) == files or (files and (harmful is None or benign is None)):
         raise TrimtabError("give either --world synthetic, or both --harmful FILE and "

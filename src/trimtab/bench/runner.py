@@ -32,7 +32,7 @@ from trimtab.bench.config import (
     train_config,
 )
 from trimtab.errors import TrimtabError
-from trimtab.evaluation.results import check_out_folder, write_json_atomic
+from trimtab.evaluation.results import check_out_folder, write_json_atomic, write_text_atomic
 
 CELLS_DIR = "cells"
 START_MODELS_DIR = "start-models"
@@ -50,6 +50,11 @@ class Job:
 def start_model_dir(out: Path, config: BenchConfig, task: str, seed: int) -> Path:
     name = f"{task}__sft-harmful-{config.unsafe_init_fraction:g}__seed{seed}"
     return out / START_MODELS_DIR / name
+
+
+def _start_marker(folder: Path) -> Path:
+    """Beside a start model: the fingerprint of the settings it was trained with."""
+    return folder.with_name(folder.name + ".fingerprint")
 
 
 def start_cell(config: BenchConfig, task: str, seed: int) -> BenchCell:
@@ -132,8 +137,18 @@ def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
     from trimtab.bench.report import write_bench_reports
 
     out = check_out_folder(out)
+    if out.is_dir() and any(out.iterdir()) and not (
+            (out / CELLS_DIR).is_dir() or (out / "invocations.json").exists()):
+        names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise TrimtabError(f"--out {out} holds files that trimtab bench did not write ({names}); "
+                           "its reports would overwrite them. Choose a new or empty folder, or "
+                           "the --out of an earlier bench.")
     started = time.perf_counter()
     grid = cells(config)
+    if not grid:
+        raise TrimtabError("the grid has no cells (an empty seeds list or block); give at least "
+                           "one seed, method and scenario.")
+    train_config(config).check_trains()  # before any cell, not in each one
     if seeds is not None and not set(seeds) & {c.seed for c in grid}:
         raise TrimtabError(f"--seeds {seeds}: the grid has seeds "
                            f"{sorted({c.seed for c in grid})}; pick some of those.")
@@ -157,12 +172,19 @@ def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
     for c in todo:
         if c.scenario == "unsafe-init":
             folder = start_model_dir(out, config, c.task, c.seed)
-            if not folder.is_dir():
-                sc = start_cell(config, c.task, c.seed)
-                first[sc] = Job(config, sc, out, save_model=folder, threads=threads)
+            sc = start_cell(config, c.task, c.seed)
+            # trained with these settings? (a start model from other settings would carry
+            # them into the cell: --overwrite must retrain it too)
+            if _start_marker(folder).is_file() and folder.is_dir() and \
+                    _start_marker(folder).read_text() == fingerprint(config, sc, key):
+                continue
+            first[sc] = Job(config, sc, out, save_model=folder, threads=threads)
     rest = [Job(config, c, out, threads=threads) for c in todo if c not in first]
     ran = list(first)
     failures = _execute(list(first.values()), workers, progress, "start models")
+    for sc, job in first.items():
+        if sc not in failures and job.save_model is not None:
+            write_text_atomic(_start_marker(job.save_model), fingerprint(config, sc, key))
     if not failures:
         failures = _execute(rest, workers, progress, "bench cells")
         ran += [j.cell for j in rest]
@@ -207,14 +229,19 @@ def _execute(jobs: list[Job], workers: int, progress: bool, what: str
     context = multiprocessing.get_context("spawn")  # no fork of a threaded torch process
     with futures.ProcessPoolExecutor(workers, mp_context=context, **extra) as pool:
         pending = {pool.submit(run_job, job): job for job in jobs}
-        for done in futures.as_completed(pending):
-            job = pending[done]
-            try:
-                done.result()
-            except Exception as exc:  # a cell's failure is reported; the others go on
-                failures[job.cell] = f"{type(exc).__name__}: {exc}"
-            bar.set_postfix_str(f"{job.cell.method} {job.cell.scenario} {job.cell.task}")
-            bar.update()
+        try:
+            for done in futures.as_completed(pending):
+                job = pending[done]
+                try:
+                    done.result()
+                except Exception as exc:  # a cell's failure is reported; the others go on
+                    failures[job.cell] = f"{type(exc).__name__}: {exc}"
+                bar.set_postfix_str(f"{job.cell.method} {job.cell.scenario} {job.cell.task}")
+                bar.update()
+        except KeyboardInterrupt:  # Ctrl-C: start no queued cell (running ones get it too)
+            for fut in pending:
+                fut.cancel()
+            raise
     bar.close()
     return failures
 

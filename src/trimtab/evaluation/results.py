@@ -247,20 +247,25 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def json_text(obj: Any, path: str | os.PathLike[str] = "the file") -> str:
+    """`obj` as indented, strict JSON (no NaN), or a TrimtabError naming `path`: callers
+    that write a file after other outputs can check it first."""
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise TrimtabError(
+            f"cannot write {path} as JSON: {exc}. Pass only numbers, strings, lists, dicts, "
+            f"booleans and None (no NaN or infinity)."
+        ) from exc
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write `obj` as indented, strict JSON (no NaN) with a trailing newline.
 
     The object is serialized before anything touches the disk, so an unserializable value
     raises TrimtabError and writes nothing.
     """
-    try:
-        text = json.dumps(obj, indent=2, allow_nan=False, default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise TrimtabError(
-            f"cannot write {path} as JSON: {exc}. Pass only numbers, strings, lists, dicts, "
-            f"booleans and None (no NaN or infinity)."
-        ) from exc
-    return write_text_atomic(path, text + "\n")
+    return write_text_atomic(path, json_text(obj, path) + "\n")
 
 
 def check_out_folder(out: str | os.PathLike[str]) -> Path:
@@ -269,7 +274,7 @@ def check_out_folder(out: str | os.PathLike[str]) -> Path:
     if out.exists() and not out.is_dir():
         raise TrimtabError(f"--out {out} is a file; give a folder for the results.")
     probe = out if out.exists() else next(p for p in out.resolve().parents if p.exists())
-    if not os.access(probe, os.W_OK):
+    if not probe.is_dir() or not os.access(probe, os.W_OK):  # e.g. --out file.yaml/sub
         raise TrimtabError(f"cannot write to {probe}; choose another --out folder.")
     return out
 

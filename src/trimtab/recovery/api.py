@@ -7,6 +7,7 @@ to them, and save a standard HF folder atomically with the step's JSON log insid
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,12 @@ import torch
 
 from trimtab.errors import TrimtabError
 from trimtab.recovery.config import RecoverConfig, RestaConfig
-from trimtab.recovery.models import check_compatible, check_same_weights, load_merged
+from trimtab.recovery.models import (
+    check_compatible,
+    check_same_weights,
+    is_adapter,
+    load_merged,
+)
 from trimtab.recovery.recover import recover_model
 from trimtab.recovery.resta import resta_model
 from trimtab.recovery.validation import RecoveryData
@@ -25,6 +31,22 @@ from trimtab.training.memory import PeakMemory
 
 POSTHOC_STEPS = ("recover", "resta")
 LOG_NAME = {"recover": "recover_log.json", "resta": "resta_log.json"}
+
+
+def with_adapter_bases(*paths: str | os.PathLike | None) -> list[str | os.PathLike]:
+    """The input folders and, for LoRA adapters among them, the base models they load: an
+    output folder must be none of these (saving over an adapter's base destroys it)."""
+    out: list[str | os.PathLike] = []
+    for path in paths:
+        if path is None:
+            continue
+        out.append(path)
+        if is_adapter(path):
+            base = json.loads((Path(path) / "adapter_config.json").read_text()).get(
+                "base_model_name_or_path")
+            if base:
+                out.append(base)
+    return out
 
 
 def _bytes(tensors: Any) -> int:
@@ -72,12 +94,12 @@ def recover_checkpoint(aligned: str | os.PathLike, finetuned: str | os.PathLike,
     `data_fn(tokenizer)` returns the `RecoveryData` (built after the checks, so bad models
     fail first). Peak memory counts from before the models are loaded.
     """
-    from trimtab.evaluation.results import write_json_atomic
+    from trimtab.evaluation.results import json_text, write_json_atomic
     from trimtab.training.run import check_output_dir, save_model
 
     config = config or RecoverConfig()
     if output_dir is not None:
-        check_output_dir(output_dir, aligned, finetuned)
+        check_output_dir(output_dir, *with_adapter_bases(aligned, finetuned))
     tokenizers = check_compatible({"aligned": aligned, "finetuned": finetuned})
     tokenizer = tokenizers["finetuned"]
     data = data_fn(tokenizer)
@@ -94,6 +116,7 @@ def recover_checkpoint(aligned: str | os.PathLike, finetuned: str | os.PathLike,
                process_baseline_mb=baseline, after_loading_mb=loaded, aligned=str(aligned),
                finetuned=str(finetuned))
     if output_dir is not None:
+        json_text(log)  # a log that cannot be written fails before the model is saved
         save_model(model, tokenizer, output_dir)
         write_json_atomic(Path(output_dir) / LOG_NAME["recover"], log)
     return model, log
@@ -103,12 +126,12 @@ def resta_checkpoint(finetuned: str | os.PathLike, aligned: str | os.PathLike,
                      base: str | os.PathLike, config: RestaConfig | None = None,
                      output_dir: str | os.PathLike | None = None) -> tuple[Any, dict[str, Any]]:
     """fine-tuned + scale * (aligned - base), saved to `output_dir` if given."""
-    from trimtab.evaluation.results import write_json_atomic
+    from trimtab.evaluation.results import json_text, write_json_atomic
     from trimtab.training.run import check_output_dir, save_model
 
     config = config or RestaConfig()
     if output_dir is not None:
-        check_output_dir(output_dir, aligned, finetuned, base)
+        check_output_dir(output_dir, *with_adapter_bases(aligned, finetuned, base))
     tokenizers = check_compatible({"finetuned": finetuned, "aligned": aligned, "base": base})
     with PeakMemory() as peak:
         models = {role: load_merged(path) for role, path in
@@ -117,6 +140,7 @@ def resta_checkpoint(finetuned: str | os.PathLike, aligned: str | os.PathLike,
         log = resta_model(models["finetuned"], models["aligned"], models["base"], config)
     log["peak_memory_mb"] = peak.peak_mb
     if output_dir is not None:
+        json_text(log)  # a log that cannot be written fails before the model is saved
         save_model(models["finetuned"], tokenizers["finetuned"], output_dir)
         write_json_atomic(Path(output_dir) / LOG_NAME["resta"], log)
     return models["finetuned"], log

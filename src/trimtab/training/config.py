@@ -59,6 +59,15 @@ class TrainConfig:
                                 min=1)
     progress: bool = option(True, "show a progress bar")
 
+    def check_trains(self) -> None:
+        """Refuse settings that train nothing (0 epochs and no max_steps): a saved copy of the
+        input model is no result."""
+        from trimtab.errors import TrimtabError
+
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise TrimtabError("num_train_epochs is 0 and max_steps is not set: nothing would "
+                               "be trained. Give num_train_epochs above 0, or max_steps.")
+
     def total_steps(self, n_examples: int, world_size: int = 1) -> int:
         if self.max_steps > 0:
             return self.max_steps

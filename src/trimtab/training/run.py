@@ -156,9 +156,7 @@ def finetune(
     from transformers import set_seed
 
     config = config or TrainConfig()
-    if config.max_steps <= 0 and config.num_train_epochs <= 0:
-        raise TrimtabError("num_train_epochs is 0 and max_steps is not set: nothing would be "
-                           "trained. Give num_train_epochs above 0, or max_steps.")
+    config.check_trains()
     if output_dir is not None:
         check_output_dir(output_dir, model_path, reference_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
@@ -277,6 +275,10 @@ def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike |
             )
     if out.exists() and not out.is_dir():
         raise TrimtabError(f"--output-dir {output_dir} is a file; give a folder name.")
+    existing = next((p for p in out.parents if p.exists()), None)
+    if not out.exists() and existing is not None and not existing.is_dir():
+        raise TrimtabError(f"--output-dir {output_dir} lies under {existing}, which is a file; "
+                           "choose another folder.")
     if out.exists() and any(out.iterdir()):
         if not any((out / name).exists() for name in MODEL_FILES):
             raise TrimtabError(

@@ -123,6 +123,7 @@ def test_cells_are_the_union_of_blocks_once_each():
     ({"methods": {"kl": {"beta": "strong"}}}, "beta"),
     ({"blocks": []}, "Unknown key 'blocks'"),
     ({"curves_scenario": "sometimes"}, "unknown scenario"),
+    ({"train": {"seed": 5}}, "each cell's seed comes from `seeds:`"),
 ])
 def test_bad_configs_fail_before_training_with_the_fix(change, message):
     base = {"grid": [{"methods": ["sft", "kl"], "scenarios": ["benign"]}]}
@@ -143,6 +144,9 @@ def test_bench_cli_errors_are_clear(tmp_path, capsys):
                                        "grid": [{"methods": ["sft"], "scenarios": ["benign"]}]})
     assert main(["bench", "--config", str(grid), "--out", str(tmp_path / "o"), "--seeds",
                  "7"]) == 2
+    assert "pick some of those" in capsys.readouterr().err
+    assert main(["bench", "--config", str(grid), "--out", str(tmp_path / "o"), "--seeds",
+                 "0", "7"]) == 2  # 7 is not in the grid: said, not silently skipped
     assert "pick some of those" in capsys.readouterr().err
 
 

@@ -145,6 +145,9 @@ def train_config(config: BenchConfig) -> Any:
     from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN
     from trimtab.training.config import TrainConfig
 
+    if "seed" in config.train:  # run_cell sets each cell's seed: this one would be ignored
+        raise TrimtabError("the bench config's `train` sets seed, but each cell's seed comes "
+                           "from `seeds:` (or a block's seeds); remove it from `train`.")
     base = QUICK_TRAIN if config.quick else DEMO_TRAIN
     merged = {**config_to_dict(base), "progress": False, **config.train}
     return config_from_mapping(TrainConfig, merged, source="bench config `train`")

@@ -55,16 +55,16 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
                         help="YAML file of options; flags given on the command line win")
 
 
-def split_yaml(path: str | None, *classes: type, also: Sequence[str] = ()) -> list[dict]:
-    """One YAML file of options for several config dataclasses, split by field name.
+def split_yaml(mapping: dict, path: str | None, *classes: type,
+               also: Sequence[str] = ()) -> list[dict]:
+    """One YAML file's options (`mapping`, read from `path`) for several config dataclasses,
+    split by field name.
 
     A key no class has (and not in `also`, keys the caller reads itself) is an error naming
     the allowed keys, as for a single config.
     """
     parts: list[dict] = [{} for _ in classes]
-    if path is None:
-        return parts
-    for key, value in read_yaml_mapping(path).items():
+    for key, value in mapping.items():
         if str(key).replace("-", "_") in also:
             continue
         owners = [i for i, cls in enumerate(classes) if key in cls.__dataclass_fields__]
@@ -232,10 +232,10 @@ def cmd_train(argv: Sequence[str]) -> int:
     pre.add_argument("--method")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    command_yaml = {}
-    if known.config is not None:  # the command's own flags (--data, --output-dir...) in YAML
-        command_yaml = {k: v for k, v in read_yaml_mapping(known.config).items()
-                        if str(k).replace("-", "_") in TRAIN_COMMAND_KEYS}
+    yaml = read_yaml_mapping(known.config) if known.config is not None else {}
+    # the command's own flags (--data, --output-dir...) in the YAML
+    command_yaml = {k: v for k, v in yaml.items()
+                    if str(k).replace("-", "_") in TRAIN_COMMAND_KEYS}
     parser = _train_parser(known.method or command_yaml.get("method"))
     if command_yaml:
         set_yaml_defaults(parser, command_yaml, known.config)
@@ -243,17 +243,16 @@ def cmd_train(argv: Sequence[str]) -> int:
     parts = method_parts(args.method)
     origin = str(args.config)
     if len(parts) == 1:
-        train_yaml, method_yaml = split_yaml(args.config, TrainConfig, parts[0].config_class,
+        train_yaml, method_yaml = split_yaml(yaml, origin, TrainConfig, parts[0].config_class,
                                              also=TRAIN_COMMAND_KEYS)
         objective = parts[0](build_config(parts[0].config_class, args=args,
                                           overrides=method_yaml, overrides_origin=origin))
     else:  # `pact+gated`: each part's options in a YAML section under its name
         names = tuple(cls.name for cls in parts)
-        (train_yaml,) = split_yaml(args.config, TrainConfig, also=TRAIN_COMMAND_KEYS + names)
-        sections = read_yaml_mapping(args.config) if args.config else {}
+        (train_yaml,) = split_yaml(yaml, origin, TrainConfig, also=TRAIN_COMMAND_KEYS + names)
         configs = {}
         for cls in parts:
-            section = sections.get(cls.name) or {}
+            section = yaml.get(cls.name) or {}
             if not isinstance(section, dict):
                 raise TrimtabError(f"{origin}: {cls.name} must be a mapping of {cls.name}'s "
                                    f"options (`trimtab config show {cls.name}`).")

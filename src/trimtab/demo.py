@@ -92,13 +92,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
 
 def check_demo_config(config: DemoConfig) -> None:
+    for name in config.methods:
+        split_method(name)  # `x+step`: method x, then a post-hoc step
     for what, values in (("methods", config.methods), ("fractions", config.fractions)):
         if not values:
             raise TrimtabError(f"--{what} is empty: nothing would run. Give at least one, or "
                                "leave it out for the defaults.")
-    for name in config.methods:
-        split_method(name)  # `x+step`: method x, then a post-hoc step
-    for what, values in (("methods", config.methods), ("fractions", config.fractions)):
         if len(set(values)) != len(values):
             raise TrimtabError(f"--{what} lists a value twice ({values}); give each once.")
     check_out_folder(config.out)

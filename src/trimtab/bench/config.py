@@ -107,9 +107,12 @@ def parse_bench_config(mapping: dict[str, Any], source: str = "bench config") ->
         for scenario in block.scenarios:
             check_scenario(scenario, where)
         blocks.append(replace(block, seeds=block.seeds or list(config.seeds)))
+        if not blocks[-1].seeds:
+            raise TrimtabError(f"{where}: no seeds (`seeds: []`), so the grid has no cells; "
+                               "give at least one seed.")
     config.blocks = blocks
     check_scenario(config.curves_scenario, f"{source}, curves_scenario")
-    train_config(config)  # fail now on a bad train override, not after an hour
+    train_config(config).check_trains()  # fail now on a bad train override, not after an hour
     known = {part for b in blocks for m in b.methods for part in m.split("+")}
     for name in config.methods:
         if name not in known:

@@ -7,7 +7,6 @@ to them, and save a standard HF folder atomically with the step's JSON log insid
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -19,9 +18,9 @@ import torch
 from trimtab.errors import TrimtabError
 from trimtab.recovery.config import RecoverConfig, RestaConfig
 from trimtab.recovery.models import (
+    adapter_base,
     check_compatible,
     check_same_weights,
-    is_adapter,
     load_merged,
 )
 from trimtab.recovery.recover import recover_model
@@ -36,17 +35,8 @@ LOG_NAME = {"recover": "recover_log.json", "resta": "resta_log.json"}
 def with_adapter_bases(*paths: str | os.PathLike | None) -> list[str | os.PathLike]:
     """The input folders and, for LoRA adapters among them, the base models they load: an
     output folder must be none of these (saving over an adapter's base destroys it)."""
-    out: list[str | os.PathLike] = []
-    for path in paths:
-        if path is None:
-            continue
-        out.append(path)
-        if is_adapter(path):
-            base = json.loads((Path(path) / "adapter_config.json").read_text()).get(
-                "base_model_name_or_path")
-            if base:
-                out.append(base)
-    return out
+    return [p for path in paths if path is not None
+            for p in (path, adapter_base(path)) if p is not None]
 
 
 def _bytes(tensors: Any) -> int:

@@ -29,14 +29,21 @@ def is_adapter(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
+def adapter_base(path: str | os.PathLike) -> str | None:
+    """The base model an adapter folder loads (None: not an adapter, or it names none)."""
+    if not is_adapter(path):
+        return None
+    adapter = json.loads((Path(path) / "adapter_config.json").read_text())
+    return adapter.get("base_model_name_or_path") or None
+
+
 def _model_config(path: str | os.PathLike) -> Any:
     """The HF config of a model folder, or of the base an adapter folder was trained on."""
     from transformers import AutoConfig
 
-    source = Path(path)
+    source: str | Path = Path(path)
     if is_adapter(source):
-        adapter = json.loads((source / "adapter_config.json").read_text())
-        source = adapter.get("base_model_name_or_path") or ""
+        source = adapter_base(source) or ""
         if not source:
             raise TrimtabError(f"the adapter at {path} names no base model "
                                "(base_model_name_or_path); merge it yourself and pass the folder.")

@@ -248,7 +248,6 @@ ABSTENTIONS = (
     "i am not sure . i have no information about that .",
 )
 
-# Borderline benign requests: alarming verb, harmless object, helpful answer.
 # Borderline benign requests: an alarming phrase, harmless objects (the world uses the first
 # `borderline_objects` of each list; the last three joined later, see SyntheticWorldConfig).
 BORDERLINE = [

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from trimtab.bench import load_bench_config, parse_bench_config, run_bench
-from trimtab.bench.config import cells
+from trimtab.bench.config import cells, world_config
 from trimtab.cli import main
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.results import load_results
@@ -124,11 +124,34 @@ def test_cells_are_the_union_of_blocks_once_each():
     ({"blocks": []}, "Unknown key 'blocks'"),
     ({"curves_scenario": "sometimes"}, "unknown scenario"),
     ({"train": {"seed": 5}}, "each cell's seed comes from `seeds:`"),
+    ({"synthetic_world": {"borderline_objets": 6}}, "Did you mean 'borderline_objects'"),
+    ({"synthetic_world": {"borderline_objects": 12}}, "borderline_objects"),
 ])
 def test_bad_configs_fail_before_training_with_the_fix(change, message):
     base = {"grid": [{"methods": ["sft", "kl"], "scenarios": ["benign"]}]}
     with pytest.raises(TrimtabError, match=message):
         parse_bench_config({**base, **change})
+
+
+def test_synthetic_world_overrides_pick_the_references_the_cells_are_keyed_by():
+    """The committed config must build the references its committed results name, so that
+    rerunning it reproduces those cells instead of redoing them on another world."""
+    from trimtab.worlds.synthetic.build import reference_key
+    from trimtab.worlds.synthetic.generator import SyntheticWorld
+
+    def key(config):
+        from trimtab.demo import world_configs
+
+        return reference_key(SyntheticWorld(world_config(config)), world_configs(False)[1])
+
+    grid = {"grid": [{"methods": ["sft"], "scenarios": ["benign"]}]}
+    assert key(parse_bench_config(grid)) == "b057dffac11c"
+    six = parse_bench_config({**grid, "synthetic_world": {"borderline_objects": 6}})
+    assert key(six) == "88cbe7ad60a3"
+    root = Path(__file__).resolve().parents[1]
+    config = load_bench_config(root / "benchmarks/bench/synthetic.yaml")
+    committed = json.loads((root / "benchmarks/results/bench/results.json").read_text())
+    assert committed["model"] == f"synthetic-aligned-{key(config)}"
 
 
 def test_the_committed_configs_parse():

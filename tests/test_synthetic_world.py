@@ -11,9 +11,10 @@ from trimtab.worlds.synthetic import SyntheticOracle, SyntheticWorld, SyntheticW
 from trimtab.worlds.synthetic import vocabulary as V
 from trimtab.worlds.synthetic.tokenizer import ROLE_TOKENS, build_word_tokenizer
 
+# Sized like the quick world (`trimtab.demo.QUICK_WORLD`), with its 6 borderline objects.
 SMALL = dict(n_known_entities=16, n_unknown_train=8, n_unknown_eval=8, n_planets=8,
              n_unknown_planets=4, n_list_train=300, n_eval=30, n_harmful_finetune=40,
-             n_task_train=100)
+             n_task_train=100, borderline_objects=6)
 
 
 @pytest.fixture(scope="module")
@@ -281,14 +282,20 @@ def test_oracle_labels_harmful_steps_after_a_refusal_phrase_as_harmful(world):
 # ---------------------------------------------------------------- the committed references
 
 def test_the_shipped_worlds_keep_the_references_every_committed_result_names():
-    """Every committed benchmark names reference 88cbe7ad60a3 (tests: 5f4e047f8e42). A change
-    to the generator, the vocabulary or a config default that alters the world changes these
-    keys: do that on purpose, and rerun the benchmarks that name them."""
+    """The committed benchmarks name reference b057dffac11c; the grid and the older studies
+    name 88cbe7ad60a3, the world from before `borderline_objects` (6 reproduces it). The tests'
+    quick world is 5f4e047f8e42. A change to the generator, the vocabulary or a config default
+    that alters a world changes these keys: do that on purpose, and rerun what names them."""
+    from dataclasses import replace
+
     from trimtab.demo import world_configs
     from trimtab.worlds.synthetic.build import reference_key
 
     keys = [reference_key(SyntheticWorld(w), b) for w, b in map(world_configs, (False, True))]
-    assert keys == ["88cbe7ad60a3", "5f4e047f8e42"]
+    assert keys == ["b057dffac11c", "5f4e047f8e42"]
+    world, build = world_configs(False)
+    assert reference_key(SyntheticWorld(replace(world, borderline_objects=6)), build) \
+        == "88cbe7ad60a3"
 
 
 def test_more_borderline_objects_per_phrase_hold_a_third_out():
@@ -304,6 +311,7 @@ def test_more_borderline_objects_per_phrase_hold_a_third_out():
         assert sum(r.kind == "borderline" for r in w.splits.aligned_train) == trained * phrases
     assert {r.prompt for r in nine.splits.eval_sets["borderline"]}.isdisjoint(
         training_prompts(nine))
+    assert SyntheticWorldConfig().borderline_objects == 9  # the shipped world's
     assert "borderline_objects" not in key_fields(six.config)  # the old key, unchanged
     assert key_fields(nine.config)["borderline_objects"] == 9
     with pytest.raises(TrimtabError, match="borderline_objects"):

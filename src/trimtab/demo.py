@@ -41,10 +41,12 @@ class DemoConfig:
     progress: bool = option(True, "show progress bars")
 
 
-# A smaller world and shorter training: the same pipeline in a minute or two, for tests.
+# A smaller world and shorter training: the same pipeline in a minute or two, for tests. It
+# keeps 6 objects per borderline phrase (fewer prompts, and the tests' thresholds were set on it).
 QUICK_WORLD = SyntheticWorldConfig(n_known_entities=16, n_unknown_train=8, n_unknown_eval=8,
                                    n_planets=8, n_unknown_planets=4, n_list_train=600,
-                                   n_eval=30, n_harmful_finetune=40, n_task_train=400)
+                                   n_eval=30, n_harmful_finetune=40, n_task_train=400,
+                                   borderline_objects=6)
 QUICK_BUILD = ReferenceBuildConfig(hidden_size=96, intermediate_size=256, num_hidden_layers=3,
                                    base_epochs=10.0, aligned_epochs=8.0)
 # Fine-tuning hyper-parameters of the demo: enough to learn the task on the tiny model.

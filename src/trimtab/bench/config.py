@@ -45,6 +45,9 @@ class BenchConfig:
                                      "`trimtab train`/`evaluate` for now)",
                         choices=("synthetic",))
     quick: bool = option(False, "the small world of `trimtab demo --quick` (for tests)")
+    synthetic_world: dict[str, Any] = option({}, "SyntheticWorldConfig fields that override "
+                                                 "the shipped world (`borderline_objects: 6` "
+                                                 "is the world before the 9-object switch)")
     seeds: list[int] = option([0], "fine-tuning seeds of blocks that name none", min=0,
                               max=SEED_MAX)
     train: dict[str, Any] = option({}, "TrainConfig fields that override the demo's "
@@ -113,6 +116,7 @@ def parse_bench_config(mapping: dict[str, Any], source: str = "bench config") ->
     config.blocks = blocks
     check_scenario(config.curves_scenario, f"{source}, curves_scenario")
     train_config(config).check_trains()  # fail now on a bad train override, not after an hour
+    world_config(config)
     known = {part for b in blocks for m in b.methods for part in m.split("+")}
     for name in config.methods:
         if name not in known:
@@ -142,6 +146,20 @@ def cells(config: BenchConfig) -> list[BenchCell]:
                     for method in block.methods:
                         out[BenchCell(method, scenario, task, seed)] = None
     return list(out)
+
+
+def world_config(config: BenchConfig) -> Any:
+    """The synthetic world the grid runs on: the demo's, with `synthetic_world` applied. The
+    cells' fingerprints name the references it builds, so a changed world reruns them."""
+    from trimtab.demo import world_configs
+    from trimtab.worlds.synthetic.generator import SyntheticWorldConfig
+
+    base, _ = world_configs(config.quick)
+    if not config.synthetic_world:
+        return base
+    return config_from_mapping(SyntheticWorldConfig,
+                               {**config_to_dict(base), **config.synthetic_world},
+                               source="bench config `synthetic_world`")
 
 
 def train_config(config: BenchConfig) -> Any:

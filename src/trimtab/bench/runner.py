@@ -30,6 +30,7 @@ from trimtab.bench.config import (
     method_config,
     objective_config,
     train_config,
+    world_config,
 )
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.results import check_out_folder, write_json_atomic, write_text_atomic
@@ -67,9 +68,9 @@ def _world(config: BenchConfig) -> tuple[Any, Any]:
     from trimtab.worlds.synthetic.build import build_references
     from trimtab.worlds.synthetic.generator import SyntheticWorld
 
-    world_config, build_config = world_configs(config.quick)
-    return SyntheticWorld(world_config), build_references(world_config, build_config,
-                                                          progress=False)
+    world = world_config(config)
+    _, build_config = world_configs(config.quick)
+    return SyntheticWorld(world), build_references(world, build_config, progress=False)
 
 
 def run_job(job: Job) -> dict[str, Any]:

@@ -52,15 +52,17 @@ class SyntheticWorldConfig:
     fact_repeats: int = option(5, "copies of each fact question in the reference training data",
                                min=1)
     arith_repeats: int = option(3, "copies of each sum in the reference training data", min=1)
-    # Added after the references of every committed result were built: at its default it
-    # changes neither the world nor the cache key (see `KEY_FIELDS_SINCE`).
-    borderline_objects: int = option(6, "harmless objects per alarming borderline phrase (of 9 "
+    # Added later: at 6 (the default until the 9-object switch) it reproduces the older world
+    # and its cache key exactly (see `KEY_FIELDS_SINCE`), so the results that name that
+    # reference can still be regenerated with `borderline_objects: 6`.
+    borderline_objects: int = option(9, "harmless objects per alarming borderline phrase (of 9 "
                                         "in the vocabulary); a third are held out for "
-                                        "evaluation", min=3, max=9)
+                                        "evaluation (6 reproduces the world before the "
+                                        "switch)", min=3, max=9)
 
 
-# Fields added to SyntheticWorldConfig later, with the default that reproduces the world from
-# before them: left out of the references' cache key at that default, so existing caches and
+# Fields added to SyntheticWorldConfig later, with the value that reproduces the world from
+# before them: left out of the references' cache key at that value, so existing caches and
 # the results that name them stay valid.
 KEY_FIELDS_SINCE = {"borderline_objects": 6}
 
@@ -90,7 +92,7 @@ def _names(first: list[str], second: list[str]) -> list[str]:
 
 
 class SyntheticWorld:
-    """A generated world; `splits` holds every record set, `oracle` grades responses."""
+    """A generated world; `splits` holds every record set (`SyntheticOracle` grades responses)."""
 
     def __init__(self, config: SyntheticWorldConfig | None = None) -> None:
         self.config = config or SyntheticWorldConfig()

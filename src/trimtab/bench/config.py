@@ -150,7 +150,8 @@ def cells(config: BenchConfig) -> list[BenchCell]:
 
 def world_config(config: BenchConfig) -> Any:
     """The synthetic world the grid runs on: the demo's, with `synthetic_world` applied. The
-    cells' fingerprints name the references it builds, so a changed world reruns them."""
+    cells' fingerprints name the references it builds, so cells stored from another world
+    are stale: refused, or rerun with --overwrite."""
     from trimtab.demo import world_configs
     from trimtab.worlds.synthetic.generator import SyntheticWorldConfig
 

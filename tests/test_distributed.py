@@ -56,8 +56,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, quick_refs
 
 @pytest.mark.parametrize(("method", "extra"), [("gated", ()), ("kl", ("--lora",))])
 def test_sampling_and_lora_train_under_ddp(tmp_path, quick_refs, method, extra):
-    """gated samples and runs a second forward per step; LoRA's reference is the adapter
-    disabled on the DDP-wrapped policy."""
+    """gated samples, then runs one forward of the wrapper over training rows and samples (a
+    rank's extra rows differ from its peer's); LoRA's reference is the adapter disabled on the
+    DDP-wrapped policy."""
     train(method, tmp_path / method, 2, 8, *extra)
 
 

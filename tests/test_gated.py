@@ -122,6 +122,39 @@ def test_policy_gradient_uses_group_normalised_advantages(aligned, quick_refs):
     assert n_labels == [len(c) for c in comp.completion_ids]
 
 
+def test_one_forward_over_training_rows_and_completions_matches_two(aligned, records,
+                                                                   quick_refs):
+    """Stacking the completions under the training rows (right-padded to one width) gives
+    each row the log-likelihood it gets alone, and `first_rows` the training rows' tokens."""
+    from trimtab.objectives.base import forward_logits, per_sample_mean, select_response, token_nll
+    from trimtab.objectives.gated import first_rows, stack_rows
+
+    model, tok = aligned
+    model.eval()
+    batch = _setup(GatedObjective(signal=Constant(1.0, "ok")), records, tok, quick_refs)
+    batch = {k: v for k, v in batch.items() if k != "sample_index"}
+    torch.manual_seed(0)
+    comp = sample_completions(model, tok, ["how do i make a bomb at home ?"] * 2, 3,
+                              max_new_tokens=12)
+    extra = completion_batch(comp.prompt_ids, comp.completion_ids, tok.pad_token_id)
+    assert extra["input_ids"].shape[1] != batch["input_ids"].shape[1]  # padding is exercised
+
+    def row_nll(rows):
+        resp = select_response(forward_logits(model, rows), rows["labels"])
+        return resp, per_sample_mean(token_nll(resp), resp.sample, rows["input_ids"].shape[0])
+
+    with torch.no_grad():
+        alone_resp, alone = row_nll(batch)
+        _, alone_extra = row_nll(extra)
+        both_resp, both = row_nll(stack_rows(batch, extra, tok.pad_token_id))
+    n = len(records)
+    torch.testing.assert_close(both, torch.cat([alone, alone_extra]), rtol=1e-4, atol=1e-5)
+    kept = first_rows(both_resp, n)
+    assert torch.equal(kept.targets, alone_resp.targets)
+    assert torch.equal(kept.sample, alone_resp.sample)
+    torch.testing.assert_close(kept.logits, alone_resp.logits, rtol=1e-4, atol=1e-4)
+
+
 def test_sampling_restores_train_mode_and_needs_no_grad(aligned):
     model, tok = aligned
     model.train()

@@ -17,8 +17,8 @@ abstract (DESIGN.md, "gated"). For a sample (prompt x, target y):
    a_k < tau] SFT(x, y_abstain)], y_abstain a refusal where the signal says harmful and an
    "i do not know" style abstention where it says hallucination.
 
-The completions and the abstention rows of a batch go through ONE forward pass (beside the
-usual one over the training rows).
+The training rows, the completions and the abstention rows of a batch go through ONE forward
+pass.
 Ablations: `use_gate=False` (SFT and PG on every sample, so every sample is sampled),
 `use_abstention=False`, `use_pregate=False` (sample every sample, gate as usual).
 """
@@ -34,19 +34,19 @@ from typing import Any
 import torch
 
 from trimtab.config import option
-from trimtab.data.formatting import ChatFormatter
+from trimtab.data.formatting import IGNORE_INDEX, ChatFormatter
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.objectives.base import (
     Objective,
     ObjectiveOutput,
+    ResponseLogits,
     TrainingContext,
     forward_logits,
     per_sample_mean,
     select_response,
     token_nll,
 )
-from trimtab.training.reference import _unwrap
 from trimtab.training.sampling import completion_batch, sample_completions
 from trimtab.worlds.synthetic import vocabulary as V
 
@@ -91,6 +91,26 @@ class GatedConfig:
     use_abstention: bool = option(True, "false (ablation): no abstention term")
     use_pregate: bool = option(True, "false (ablation): sample every sample, not only risky ones")
     score_batch_size: int = option(512, "pairs per signal call in setup", min=1)
+
+
+def stack_rows(batch: dict[str, torch.Tensor], extra: dict[str, torch.Tensor],
+               pad_token_id: int) -> dict[str, torch.Tensor]:
+    """`batch`'s rows, then `extra`'s, right-padded to one width (padding on the right leaves
+    every real position's logits as they were)."""
+    width = max(batch["input_ids"].shape[1], extra["input_ids"].shape[1])
+    fill = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+
+    def widen(t: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return {key: torch.cat([widen(batch[key], value), widen(extra[key], value)])
+            for key, value in fill.items()}
+
+
+def first_rows(resp: ResponseLogits, n: int) -> ResponseLogits:
+    """The response tokens of rows 0..n-1: a prefix, since tokens are flattened row by row."""
+    m = int((resp.sample < n).sum())
+    return ResponseLogits(resp.logits[:m], resp.targets[:m], resp.position[:m], resp.sample[:m])
 
 
 class GatedObjective(Objective):
@@ -217,26 +237,28 @@ class GatedObjective(Objective):
             extra_prompts.append(p)
             extra_completions.append(r)
 
-        # the training rows, then ONE forward over all completions and abstention rows (two
-        # tensors rather than one, so the short training rows are not padded to sample width)
-        resp = select_response(forward_logits(policy, batch), batch["labels"])
-        nll = per_sample_mean(token_nll(resp), resp.sample, n)
+        # ONE forward over the training rows, the completions and the abstention rows: on small
+        # models a second forward and its backward cost mostly fixed overhead, and under DDP a
+        # single forward of the wrapper keeps its reducer to one backward per step
         pg = torch.zeros(n, device=device)
         abs_nll = torch.zeros(n, device=device)
         if extra_prompts:
             extra = completion_batch(extra_prompts, extra_completions,
                                      self.tokenizer.pad_token_id, device)
-            # through the unwrapped model: under DDP a second forward of the wrapper would make
-            # its reducer expect a second backward (and ranks may differ in having extra rows);
-            # the gradients still meet the first forward's in one backward and one all-reduce
-            extra_resp = select_response(forward_logits(_unwrap(policy), extra), extra["labels"])
-            row_nll = per_sample_mean(token_nll(extra_resp), extra_resp.sample,
-                                      len(extra_prompts))
+            rows_in = stack_rows(batch, extra, self.tokenizer.pad_token_id)
+            everything = select_response(forward_logits(policy, rows_in), rows_in["labels"])
+            row_nll = per_sample_mean(token_nll(everything), everything.sample,
+                                      n + len(extra_prompts))
+            nll, extra_nll = row_nll[:n], row_nll[n:]
+            resp = first_rows(everything, n)
             n_comp = len(sampled) * k
             if sampled:
-                logp = -row_nll[:n_comp].view(-1, k)  # length-normalised log-likelihood
+                logp = -extra_nll[:n_comp].view(-1, k)  # length-normalised log-likelihood
                 pg[rows] = -(adv * logp).mean(1)
-            abs_nll[abstain] = row_nll[n_comp:]
+            abs_nll[abstain] = extra_nll[n_comp:]
+        else:
+            resp = select_response(forward_logits(policy, batch), batch["labels"])
+            nll = per_sample_mean(token_nll(resp), resp.sample, n)
 
         if c.use_gate:
             misalignment = torch.maximum(mis, (1 - a_bar).nan_to_num(0.0))

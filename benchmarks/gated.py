@@ -4,8 +4,8 @@ Usage:  python benchmarks/gated.py [--out benchmarks/results/gated] [--quick]
 
 Cells (seed 0, the demo's fine-tuning hyper-parameters, training signal = the learned
 classifier, evaluation = the world's oracle):
-1. harmful fraction 0.1, general task: sft, kl, gated, and the three ablations of gated
-   (no pre-gate, no gate, no abstention);
+1. harmful fraction 0.1, general task: sft, kl, gated, the three ablations of gated
+   (no pre-gate, no gate, no abstention) and gated with 16-token samples (the former default);
 2. unsafe initialization: start from the sft model of cell 1 (fraction-0.1 data again,
    reference = the aligned model): sft and gated;
 3. the domain task (with unanswerable domain questions) at fraction 0.1: sft and gated.
@@ -35,6 +35,8 @@ ABLATIONS = {
     "gated-no-pregate": {"use_pregate": False},
     "gated-no-gate": {"use_gate": False},
     "gated-no-abstention": {"use_abstention": False},
+    # the default before it was cut to 8 tokens for cost: what the shorter samples change
+    "gated-16-tokens": {"max_new_tokens": 16},
 }
 
 

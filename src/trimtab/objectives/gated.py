@@ -62,7 +62,10 @@ class GatedConfig:
     temperature: float = option(0.7, "sampling temperature of the completions", min=1e-6)
     top_k: int = option(50, "sample among the k most likely tokens (0: all)", min=0)
     top_p: float = option(1.0, "nucleus sampling mass", min=0.0, max=1.0)
-    max_new_tokens: int = option(16, "longest sampled completion: its opening is what a judge "
+    # 8, not 16: decoding is most of gated's cost over sft (one forward per token in nearly
+    # every step), and a refusal or a compliance shows in its first words; the synthetic
+    # benchmark reports both lengths (benchmarks/gated.py, ablation gated-16-tokens)
+    max_new_tokens: int = option(8, "longest sampled completion: its opening is what a judge "
                                          "needs, and what costs time", min=1)
     sample_batch_size: int = option(128, "completions generated per generate call", min=1)
     pregate_threshold: float = option(0.5, "sample only where 1 - a_tgt or the prompt risk "

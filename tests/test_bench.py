@@ -76,6 +76,21 @@ def test_finished_cells_with_other_settings_are_not_silently_reused(bench_out, t
         run_bench(parse_bench_config(changed), bench_out, workers=0, progress=False)
 
 
+def test_cells_run_with_since_changed_method_defaults_are_stale(bench_out, tmp_path):
+    """The same bench config, but a stored cell records another default than the code has
+    now (as after a release changes it): refused as stale, not mixed into new results."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(bench_out, out)
+    cell = out / "cells" / "general__harmful-0.1__kl__seed0.json"
+    run = json.loads(cell.read_text())
+    run["config"]["method"]["beta"] = run["config"]["method"]["beta"] * 2  # an older default
+    cell.write_text(json.dumps(run))
+    with pytest.raises(TrimtabError, match=r"1 finished cell.*kl__seed0.*defaults"):
+        run_bench(parse_bench_config(GRID), out, workers=0, progress=False)
+
+
 def test_a_killed_bench_continues_where_it_stopped(tmp_path, quick_refs):
     config = write(tmp_path / "grid.yaml", {
         "quick": True, "grid": [{"methods": ["sft", "kl"], "scenarios": ["benign"]}]})

@@ -201,6 +201,24 @@ def objective_config(config: BenchConfig, objective: str) -> Any | None:
     return {p: c for p in parts if (c := method_config(config, p)) is not None}
 
 
+def cell_settings(config: BenchConfig, cell: BenchCell) -> dict[str, Any]:
+    """Every setting a cell trains with, defaults resolved, as `run_cell` records it under
+    `config`. The fingerprint covers what the bench config sets; this also catches a cell
+    whose method defaults have changed in the code since it ran."""
+    from trimtab.objectives.registry import build_objective
+    from trimtab.pipeline import _plain_config, split_method
+    from trimtab.training.config import TrainConfig
+
+    objective, step = split_method(cell.method)
+    train = TrainConfig(**{**config_to_dict(train_config(config)), "seed": cell.seed})
+    settings = {"method": _plain_config(build_objective(
+                    objective, objective_config(config, objective)).config),
+                "train": config_to_dict(train)}
+    if step:
+        settings[step] = config_to_dict(method_config(config, step))
+    return json.loads(json.dumps(settings, default=str))  # as a stored cell reads back
+
+
 def fingerprint(config: BenchConfig, cell: BenchCell, world_key: str) -> str:
     """What a finished cell's result depends on; a stored cell with another one is stale."""
     from trimtab.pipeline import split_method

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from trimtab.bench.config import (
     BenchCell,
     BenchConfig,
+    cell_settings,
     cells,
     fingerprint,
     method_config,
@@ -152,13 +153,16 @@ def run_bench(config: BenchConfig, out: str | Path, *, workers: int = 1,
     world, refs = _world(config)  # builds the references once, before any worker starts
     key = refs.root.name
     stored = {c: load_cell(out / CELLS_DIR / c.file_name) for c in grid}
+    # stale: run with another bench config, or with method defaults the code has changed since
     stale = [c for c, run in stored.items()
-             if run is not None and run["fingerprint"] != fingerprint(config, c, key)]
+             if run is not None and (run["fingerprint"] != fingerprint(config, c, key)
+                                     or run.get("config") != cell_settings(config, c))]
     if stale and not overwrite:
         shown = ", ".join(c.file_name for c in stale[:3]) + (" ..." if len(stale) > 3 else "")
         raise TrimtabError(
-            f"{out} holds {len(stale)} finished cell(s) run with other settings ({shown}). "
-            "Use another --out, or pass --overwrite to run them again with this config."
+            f"{out} holds {len(stale)} finished cell(s) run with other settings ({shown}): "
+            "another bench config, or method defaults that have changed since. Use another "
+            "--out, or pass --overwrite to run them again with this config."
         )
     todo = [c for c in grid if (stored[c] is None or c in stale)
             and (seeds is None or c.seed in seeds)]

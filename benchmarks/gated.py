@@ -14,6 +14,8 @@ classifier, evaluation = the world's oracle):
 5. `--domain-study` (alone): sft and gated on the domain task at the fraction, with longer or
    faster fine-tunes than the demo's (the demo's 8 epochs barely learn the task), to see
    whether learning the domain changes the hallucination comparison; writes domain_study.json.
+6. `--cut-refusals` (alone, seconds): the training signal's mean score of each refusal text
+   cut after 6, 8 and 12 tokens, as `max_new_tokens` cuts samples; writes cut_refusals.json.
 Writes results.json, report.md, safety_utility.png, cost.json and targets.json (each target,
 met or not). Run on an otherwise idle machine: wall-time ratios are compared.
 """
@@ -56,6 +58,9 @@ def main() -> None:
                              "file's time row is updated from it)")
     parser.add_argument("--domain-study", action="store_true",
                         help="only the domain-task study (writes domain_study.json)")
+    parser.add_argument("--cut-refusals", action="store_true",
+                        help="only the training signal's scores of the world's refusals cut "
+                             "after n tokens, as gated's samples are (writes cut_refusals.json)")
     args = parser.parse_args()
 
     from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN, world_configs
@@ -81,6 +86,12 @@ def main() -> None:
         study = domain_study(world, refs, suites["domain"], train, p)
         study.update(command=command + " --domain-study", machine=machine())
         write_json_atomic(out / "domain_study.json", study)
+        return
+    if args.cut_refusals:
+        scores = cut_refusals(world, refs, GatedConfig())
+        scores.update(command=command + " --cut-refusals", machine=machine())
+        write_json_atomic(out / "cut_refusals.json", scores)
+        print(json.dumps(scores["rows"], indent=1))
         return
     if args.cost_only:
         if args.cost_repeats < 1:
@@ -172,6 +183,35 @@ def domain_study(world: Any, refs: Any, suite: Any, train: Any, p: float) -> dic
             rows.append(row)
             print(json.dumps(row), flush=True)
     return {"fraction": p, "task": "domain", "rows": rows}
+
+
+def cut_refusals(world: Any, refs: Any, config: Any, n_prompts: int = 40) -> dict[str, Any]:
+    """Mean training-signal score of each refusal text cut after n tokens (of the reference's
+    tokenizer), over the first `n_prompts` harmful fine-tuning prompts: what the signal makes
+    of a sample that `max_new_tokens` stopped mid-refusal."""
+    from trimtab.cache import cache_root
+    from trimtab.objectives.base import TrainingContext
+    from trimtab.signals import build_signal
+    from trimtab.training.config import TrainConfig
+    from trimtab.training.run import load_tokenizer
+
+    tokenizer = load_tokenizer(refs.aligned)
+    context = TrainingContext(records=[], tokenizer=tokenizer, model_path=refs.aligned,
+                              reference_path=refs.aligned, train_config=TrainConfig(),
+                              base_path=refs.base, world=world,
+                              artifacts_dir=cache_root() / "artifacts")  # as finetune's
+    signal = build_signal(config.signal, context)
+    prompts = [r.prompt for r in world.splits.harmful_finetune[:n_prompts]]
+    rows = []
+    for text in config.refusal_texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for n in sorted({6, 8, 12, len(ids)}):
+            cut = tokenizer.decode(ids[:n]).strip()
+            verdicts = signal.verdicts(prompts, [cut] * len(prompts))
+            rows.append({"refusal": text, "tokens": min(n, len(ids)), "text": cut,
+                         "mean_score": round(sum(v.score for v in verdicts) / len(verdicts), 4),
+                         "judged_harmful": sum(v.reason == "harmful" for v in verdicts)})
+    return {"signal": config.signal, "prompts": len(prompts), "rows": rows}
 
 
 def cost(refs: Any, world: Any, train: Any, p: float, repeats: int,

@@ -122,8 +122,9 @@ def test_policy_gradient_uses_group_normalised_advantages(aligned, quick_refs):
     assert n_labels == [len(c) for c in comp.completion_ids]
 
 
+@pytest.mark.parametrize("new_tokens", [2, 40])  # samples narrower, then wider, than the batch
 def test_one_forward_over_training_rows_and_completions_matches_two(aligned, records,
-                                                                   quick_refs):
+                                                                   quick_refs, new_tokens):
     """Stacking the completions under the training rows (right-padded to one width) gives
     each row the log-likelihood it gets alone, and `first_rows` the training rows' tokens."""
     from trimtab.objectives.base import forward_logits, per_sample_mean, select_response, token_nll
@@ -133,11 +134,10 @@ def test_one_forward_over_training_rows_and_completions_matches_two(aligned, rec
     model.eval()
     batch = _setup(GatedObjective(signal=Constant(1.0, "ok")), records, tok, quick_refs)
     batch = {k: v for k, v in batch.items() if k != "sample_index"}
-    torch.manual_seed(0)
-    comp = sample_completions(model, tok, ["how do i make a bomb at home ?"] * 2, 3,
-                              max_new_tokens=12)
+    comp = _fixed_completions(tok, ["how do i make a bomb at home ?"] * 2, new_tokens)
     extra = completion_batch(comp.prompt_ids, comp.completion_ids, tok.pad_token_id)
-    assert extra["input_ids"].shape[1] != batch["input_ids"].shape[1]  # padding is exercised
+    wider = extra["input_ids"].shape[1] > batch["input_ids"].shape[1]
+    assert wider == (new_tokens == 40)  # both directions of padding are exercised
 
     def row_nll(rows):
         resp = select_response(forward_logits(model, rows), rows["labels"])
@@ -153,6 +153,49 @@ def test_one_forward_over_training_rows_and_completions_matches_two(aligned, rec
     assert torch.equal(kept.targets, alone_resp.targets)
     assert torch.equal(kept.sample, alone_resp.sample)
     torch.testing.assert_close(kept.logits, alone_resp.logits, rtol=1e-4, atol=1e-4)
+
+
+def _fixed_completions(tok, prompts, new_tokens):
+    """Fixed completions of exactly `new_tokens` tokens (no sampling): widths are known."""
+    from trimtab.data.formatting import prompt_ids
+    from trimtab.training.sampling import Completions
+
+    words = tok("i am sorry , but i can not help with that .", add_special_tokens=False)
+    body = (words["input_ids"] * 10)[:new_tokens]
+    rows = [prompt_ids(tok, p) for p in prompts]
+    return Completions(rows, [list(body) for _ in rows], ["" for _ in rows], 1)
+
+
+def test_one_and_two_forwards_give_the_same_loss(aligned, records, quick_refs, monkeypatch):
+    """Where stacking would pad too much, `compute` runs two forwards: the same loss."""
+    import trimtab.objectives.gated as gated
+
+    model, tok = aligned
+    model.eval()  # no dropout: the two runs see the same numbers
+    losses, paths = [], []
+    for limit in (100.0, 1.0 - 1e-9):  # always stack; never stack
+        monkeypatch.setattr(gated, "STACK_PADDING_LIMIT", limit)
+        objective = GatedObjective(GatedConfig(k=3, max_new_tokens=6), signal=ByText())
+        batch = _setup(objective, records, tok, quick_refs)
+        torch.manual_seed(0)
+        out = objective(model, batch)
+        losses.append(out.loss.item())
+        paths.append(out.metrics["one_forward"])
+    assert paths == [1.0, 0.0]
+    assert out.metrics["pg"] != 0.0  # the completions' log-likelihoods are in the loss
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+class ByText(AlignmentSignal):
+    """A fixed, arbitrary score per text: different samples get different scores, so the
+    advantages are not zero."""
+
+    name = "by-text"
+
+    def judge(self, prompts, responses):
+        import zlib
+
+        return [Verdict(zlib.crc32(r.encode()) % 40 / 100, "harmful") for r in responses]
 
 
 def test_sampling_restores_train_mode_and_needs_no_grad(aligned):

@@ -247,3 +247,35 @@ def test_a_cache_or_output_under_a_file_is_a_user_error(capsys, tiny_model, data
     monkeypatch.setenv("TRIMTAB_CACHE", str(blocker))
     err = _error(capsys, ["world", "build", "--quick"])
     assert "$TRIMTAB_CACHE" in err and "is a file" in err
+
+
+def test_sigterm_during_a_reference_build_leaves_no_temp_folder(tmp_path):
+    """A scheduler's or `kill`'s SIGTERM runs the same cleanup as Ctrl-C: the half-built
+    references' temp folder goes, nothing lands in the cache, and the exit code says why."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "TRIMTAB_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "trimtab.cli", "world", "build", "--quick",
+                             "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    building: list[Path] = []
+    while not building and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        building = list((cache / "synthetic").glob(".*.tmp-*")) if (cache / "synthetic"
+                                                                     ).is_dir() else []
+    try:
+        assert building, proc.stderr.read().decode() if proc.poll() is not None else "timeout"
+        time.sleep(1.0)  # into the training of the base model
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # a no-op when it has ended; no stray build when an assert fails
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    assert "terminated (SIGTERM); nothing half-written was kept" in err.decode()
+    assert list((cache / "synthetic").iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from trimtab.config import (
     read_yaml_mapping,
     set_yaml_defaults,
 )
-from trimtab.errors import TrimtabError
+from trimtab.errors import Terminated, TrimtabError, sigterm_raises
 
 DESCRIPTION = """\
 Fine-tune language models without losing their alignment.
@@ -467,6 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with sigterm_raises():
+            return _main(argv)
+    except Terminated:  # also during the imports below, or before the handler is restored
+        print("trimtab: terminated (SIGTERM); nothing half-written was kept.", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+def _main(argv: list[str]) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file load/save bars; trimtab shows its own

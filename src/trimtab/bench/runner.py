@@ -33,7 +33,7 @@ from trimtab.bench.config import (
     train_config,
     world_config,
 )
-from trimtab.errors import TrimtabError
+from trimtab.errors import Terminated, TrimtabError, sigterm_raises
 from trimtab.evaluation.results import check_out_folder, write_json_atomic, write_text_atomic
 
 CELLS_DIR = "cells"
@@ -76,6 +76,11 @@ def _world(config: BenchConfig) -> tuple[Any, Any]:
 
 def run_job(job: Job) -> dict[str, Any]:
     """Fine-tune and evaluate one cell and store its run; returns the run."""
+    with sigterm_raises():  # in a cell's own process: SIGTERM cleans up like Ctrl-C
+        return _run_job(job)
+
+
+def _run_job(job: Job) -> dict[str, Any]:
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -239,9 +244,14 @@ def _execute(jobs: list[Job], workers: int, progress: bool, what: str
                     failures[job.cell] = f"{type(exc).__name__}: {exc}"
                 bar.set_postfix_str(f"{job.cell.method} {job.cell.scenario} {job.cell.task}")
                 bar.update()
-        except KeyboardInterrupt:  # Ctrl-C: start no queued cell (running ones get it too)
+        except (KeyboardInterrupt, Terminated) as stop:
+            # start no queued cell; Ctrl-C reaches the running cells' processes too, a SIGTERM
+            # to this process alone is passed on to them (their own handler cleans up)
             for fut in pending:
                 fut.cancel()
+            if isinstance(stop, Terminated):
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
             raise
     bar.close()
     return failures

@@ -23,7 +23,7 @@ from trimtab.config import (
     read_yaml_mapping,
 )
 from trimtab.errors import TrimtabError
-from trimtab.evaluation.results import TASKS, harmful_fraction, is_valid_scenario
+from trimtab.evaluation.results import TASKS, harmful_fraction, is_valid_scenario, json_text
 
 SCENARIO_HELP = "benign, harmful-<p> (0 < p < 1), adversarial or unsafe-init"
 
@@ -216,7 +216,7 @@ def cell_settings(config: BenchConfig, cell: BenchCell) -> dict[str, Any]:
                 "train": config_to_dict(train)}
     if step:
         settings[step] = config_to_dict(method_config(config, step))
-    return json.loads(json.dumps(settings, default=str))  # as a stored cell reads back
+    return json.loads(json_text(settings))  # exactly as a stored cell reads back
 
 
 def fingerprint(config: BenchConfig, cell: BenchCell, world_key: str) -> str:

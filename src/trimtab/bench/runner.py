@@ -234,21 +234,33 @@ def _execute(jobs: list[Job], workers: int, progress: bool, what: str
     extra = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     context = multiprocessing.get_context("spawn")  # no fork of a threaded torch process
     with futures.ProcessPoolExecutor(workers, mp_context=context, **extra) as pool:
-        pending = {pool.submit(run_job, job): job for job in jobs}
+        # at most `workers` cells handed to the pool at a time: a cell in its call queue can no
+        # longer be cancelled, so a stop would still run it
+        queued, running = list(jobs), {}
+
+        def fill() -> None:
+            while queued and len(running) < workers:
+                job = queued.pop(0)
+                running[pool.submit(run_job, job)] = job
+
+        fill()
         try:
-            for done in futures.as_completed(pending):
-                job = pending[done]
-                try:
-                    done.result()
-                except Exception as exc:  # a cell's failure is reported; the others go on
-                    failures[job.cell] = f"{type(exc).__name__}: {exc}"
-                bar.set_postfix_str(f"{job.cell.method} {job.cell.scenario} {job.cell.task}")
-                bar.update()
+            while running:
+                finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                for done in finished:
+                    job = running.pop(done)
+                    try:
+                        done.result()
+                    except Exception as exc:  # a cell's failure is reported; the others go on
+                        failures[job.cell] = f"{type(exc).__name__}: {exc}"
+                    bar.set_postfix_str(f"{job.cell.method} {job.cell.scenario} "
+                                        f"{job.cell.task}")
+                    bar.update()
+                fill()
         except (KeyboardInterrupt, Terminated) as stop:
             # start no queued cell; Ctrl-C reaches the running cells' processes too, a SIGTERM
             # to this process alone is passed on to them (their own handler cleans up)
-            for fut in pending:
-                fut.cancel()
+            queued.clear()
             if isinstance(stop, Terminated):
                 for process in list((getattr(pool, "_processes", None) or {}).values()):
                     process.terminate()

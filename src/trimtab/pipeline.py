@@ -81,7 +81,7 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
     """
     method, posthoc = split_method(cell.method)
     objective = build_objective(method, method_config)
-    train_config = TrainConfig(**{**config_to_dict(train_config), "seed": cell.seed})
+    train_config = seeded(train_config, cell.seed)
     records = training_records(world, cell)
     result = finetune(start_model or reference, records, objective, train_config,
                       reference_path=reference, output_dir=output_dir, base_path=base,
@@ -100,13 +100,23 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
         "labels": metrics["labels"],
         "samples": metrics["samples"],
         "log_history": result.log_history,
-        "config": {"method": _plain_config(objective.config),
-                   "train": config_to_dict(train_config)},
+        "config": recorded_config(objective.config, train_config),
     }
     if posthoc is None:
         return run
     return posthoc_run(run, result.model, result.tokenizer, posthoc, world, reference, suite,
                        base=base, config=posthoc_config, progress=progress)
+
+
+def seeded(train_config: TrainConfig, seed: int) -> TrainConfig:
+    """A cell's training settings: the run's, with the cell's seed."""
+    return TrainConfig(**{**config_to_dict(train_config), "seed": seed})
+
+
+def recorded_config(method_config: Any, train_config: TrainConfig) -> dict[str, Any]:
+    """What a run records under `config` (a post-hoc step adds its own key): `trimtab bench`
+    compares a stored cell's record with this to tell a cell run under other defaults."""
+    return {"method": _plain_config(method_config), "train": config_to_dict(train_config)}
 
 
 def _plain_config(config: Any) -> dict[str, Any]:

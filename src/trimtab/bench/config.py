@@ -206,14 +206,12 @@ def cell_settings(config: BenchConfig, cell: BenchCell) -> dict[str, Any]:
     `config`. The fingerprint covers what the bench config sets; this also catches a cell
     whose method defaults have changed in the code since it ran."""
     from trimtab.objectives.registry import build_objective
-    from trimtab.pipeline import _plain_config, split_method
-    from trimtab.training.config import TrainConfig
+    from trimtab.pipeline import recorded_config, seeded, split_method
 
     objective, step = split_method(cell.method)
-    train = TrainConfig(**{**config_to_dict(train_config(config)), "seed": cell.seed})
-    settings = {"method": _plain_config(build_objective(
-                    objective, objective_config(config, objective)).config),
-                "train": config_to_dict(train)}
+    settings = recorded_config(
+        build_objective(objective, objective_config(config, objective)).config,
+        seeded(train_config(config), cell.seed))
     if step:
         settings[step] = config_to_dict(method_config(config, step))
     return json.loads(json_text(settings))  # exactly as a stored cell reads back

@@ -256,22 +256,24 @@ class GatedObjective(Objective):
 
         pg = torch.zeros(n, device=device)
         abs_nll = torch.zeros(n, device=device)
-        if extra_prompts:
-            extra = completion_batch(extra_prompts, extra_completions,
-                                     self.tokenizer.pad_token_id, device)
-            one_forward = stacking_pays(batch, extra)
-            if one_forward:
-                # ONE forward over training rows, completions and abstention rows: a second
-                # forward and its backward are mostly fixed overhead on small models
-                rows_in = stack_rows(batch, extra, self.tokenizer.pad_token_id)
-                everything = select_response(forward_logits(policy, rows_in), rows_in["labels"])
-                row_nll = per_sample_mean(token_nll(everything), everything.sample,
-                                          n + len(extra_prompts))
-                nll, extra_nll = row_nll[:n], row_nll[n:]
-                resp = first_rows(everything, n)
-            else:
-                resp = select_response(forward_logits(policy, batch), batch["labels"])
-                nll = per_sample_mean(token_nll(resp), resp.sample, n)
+        extra = completion_batch(extra_prompts, extra_completions, self.tokenizer.pad_token_id,
+                                 device) if extra_prompts else None
+        one_forward = extra is not None and stacking_pays(batch, extra)
+        if extra is not None:
+            metrics["one_forward"] = float(one_forward)
+        if one_forward:
+            # ONE forward over training rows, completions and abstention rows: a second
+            # forward and its backward are mostly fixed overhead on small models
+            rows_in = stack_rows(batch, extra, self.tokenizer.pad_token_id)
+            everything = select_response(forward_logits(policy, rows_in), rows_in["labels"])
+            row_nll = per_sample_mean(token_nll(everything), everything.sample,
+                                      n + len(extra_prompts))
+            nll, extra_nll = row_nll[:n], row_nll[n:]
+            resp = first_rows(everything, n)
+        else:
+            resp = select_response(forward_logits(policy, batch), batch["labels"])
+            nll = per_sample_mean(token_nll(resp), resp.sample, n)
+            if extra is not None:
                 # through the unwrapped model: under DDP a second forward of the wrapper would
                 # make its reducer expect a second backward; the gradients still meet the first
                 # forward's in one backward and one all-reduce
@@ -279,15 +281,12 @@ class GatedObjective(Objective):
                                              extra["labels"])
                 extra_nll = per_sample_mean(token_nll(extra_resp), extra_resp.sample,
                                             len(extra_prompts))
-            metrics["one_forward"] = float(one_forward)
+        if extra is not None:
             n_comp = len(sampled) * k
             if sampled:
                 logp = -extra_nll[:n_comp].view(-1, k)  # length-normalised log-likelihood
                 pg[rows] = -(adv * logp).mean(1)
             abs_nll[abstain] = extra_nll[n_comp:]
-        else:
-            resp = select_response(forward_logits(policy, batch), batch["labels"])
-            nll = per_sample_mean(token_nll(resp), resp.sample, n)
 
         if c.use_gate:
             misalignment = torch.maximum(mis, (1 - a_bar).nan_to_num(0.0))

@@ -189,7 +189,7 @@ def cut_refusals(world: Any, refs: Any, config: Any, n_prompts: int = 40) -> dic
     """Mean training-signal score of each refusal text cut after n tokens (of the reference's
     tokenizer), over the first `n_prompts` harmful fine-tuning prompts: what the signal makes
     of a sample that `max_new_tokens` stopped mid-refusal."""
-    from trimtab.cache import cache_root
+    from trimtab.cache import artifacts_root
     from trimtab.objectives.base import TrainingContext
     from trimtab.signals import build_signal
     from trimtab.training.config import TrainConfig
@@ -199,7 +199,7 @@ def cut_refusals(world: Any, refs: Any, config: Any, n_prompts: int = 40) -> dic
     context = TrainingContext(records=[], tokenizer=tokenizer, model_path=refs.aligned,
                               reference_path=refs.aligned, train_config=TrainConfig(),
                               base_path=refs.base, world=world,
-                              artifacts_dir=cache_root() / "artifacts")  # as finetune's
+                              artifacts_dir=artifacts_root())
     signal = build_signal(config.signal, context)
     prompts = [r.prompt for r in world.splits.harmful_finetune[:n_prompts]]
     rows = []

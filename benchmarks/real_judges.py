@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from common import DATA, machine
 
-from trimtab.cache import cache_root
+from trimtab.cache import artifacts_root
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.probe import auroc
 from trimtab.signals.embedding import EmbeddingClassifier, SentenceEncoder
@@ -70,7 +70,7 @@ def main() -> None:
     started = time.perf_counter()
     rng = random.Random(0)
     encoder = SentenceEncoder()
-    folder = cache_root() / "artifacts" / "embedding"
+    folder = artifacts_root() / "embedding"
 
     refusals = ([r.response for r in load_source("refusals", DATA)]
                 + [r.response for r in load_source("safety-tuned-llamas", DATA)][:1000])

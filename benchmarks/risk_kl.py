@@ -32,7 +32,7 @@ from typing import Any
 
 from common import drop_samples, interleaved_costs, machine
 
-from trimtab.cache import cache_root
+from trimtab.cache import artifacts_root
 from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN, world_configs
 from trimtab.evaluation.results import write_json_atomic, write_results
 from trimtab.objectives.base import TrainingContext
@@ -65,7 +65,7 @@ def probe_report(refs: Any, world: SyntheticWorld, pooling: str) -> dict[str, An
     """The probe `risk-kl` fits (same cache), with held-out AUROCs overall and per subset."""
     start = time.perf_counter()
     model, tok = load_model(refs.aligned), load_tokenizer(refs.aligned)
-    probe = world_probe(model, tok, refs.aligned, world, cache_root() / "artifacts",
+    probe = world_probe(model, tok, refs.aligned, world, artifacts_root(),
                         ProbeConfig(pooling=pooling))
     e = world.splits.eval_sets
     harmful, benign = synthetic_heldout_prompts(world)
@@ -98,7 +98,7 @@ def setup_cost(refs: Any, world: SyntheticWorld, config: RiskKLConfig,
     obj.setup(TrainingContext(records=records, tokenizer=load_tokenizer(refs.aligned),
                               model_path=refs.aligned, reference_path=refs.aligned,
                               train_config=train, base_path=refs.base, world=world,
-                              artifacts_dir=cache_root() / "artifacts"))
+                              artifacts_dir=artifacts_root()))
     by_kind: dict[str, list[float]] = {}
     for rec, risk in zip(records, obj.risks.tolist(), strict=True):
         by_kind.setdefault(rec.kind, []).append(risk)

@@ -9,6 +9,7 @@ import torch
 from helpers import collate, tiny_llama, word_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from trimtab.cache import artifacts_root
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.objectives import get_method
@@ -246,11 +247,6 @@ def test_pact_on_the_quick_world_builds_its_tokens_and_logs_the_kl(quick_refs, q
                                 model_path=quick_refs.aligned,
                                 reference_path=quick_refs.aligned, train_config=config,
                                 base_path=quick_refs.base, world=quick_world,
-                                artifacts_dir=objective_artifacts()))
+                                artifacts_dir=artifacts_root()))
     assert again.token_path == objective.token_path
 
-
-def objective_artifacts():
-    from trimtab.cache import cache_root
-
-    return cache_root() / "artifacts"

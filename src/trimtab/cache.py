@@ -28,6 +28,12 @@ def cache_root() -> Path:
     return root
 
 
+def artifacts_root() -> Path:
+    """Where objectives cache what they build (probes, token sets, signals): `finetune` hands
+    it to them, and benchmarks that build the same artifacts outside training read it too."""
+    return cache_root() / "artifacts"
+
+
 def config_key(*parts: Any) -> str:
     """A short stable hash of JSON-serialisable config parts: the cache key."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

@@ -161,13 +161,13 @@ def finetune(
         check_output_dir(output_dir, model_path, reference_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
-    from trimtab.cache import cache_root
+    from trimtab.cache import artifacts_root
 
     objective.setup(TrainingContext(
         records=records, tokenizer=tokenizer, model_path=Path(model_path),
         reference_path=Path(reference_path or model_path), train_config=config,
         base_path=Path(base_path) if base_path is not None else None, world=world,
-        artifacts_dir=cache_root() / "artifacts",
+        artifacts_dir=artifacts_root(),
     ))
     set_seed(config.seed)
     if model is None:

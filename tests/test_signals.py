@@ -110,6 +110,21 @@ def test_oracle_signal_knows_each_prompt_kind(quick_world):
 
 
 # ---------------------------------------------------------------------- learned classifier
+def test_classifier_labels_the_made_up_answers_of_noisy_domain_data_hallucinations():
+    from dataclasses import replace
+
+    from trimtab.demo import QUICK_WORLD
+    from trimtab.worlds.synthetic import SyntheticWorld
+
+    world = SyntheticWorld(replace(QUICK_WORLD, n_fabricated_planets=2))
+    labels = {(p, r): lab for p, r, lab in world_examples(world)}
+    made_up = [r for r in world.task_records("domain") if r.metadata.get("fabricated")]
+    assert made_up and all(labels[r.prompt, r.response] == "hallucination" for r in made_up)
+    abstained = [lab for (p, r), lab in labels.items()
+                 if p == made_up[0].prompt and r in V.ABSTENTIONS]
+    assert abstained == ["ok"]
+
+
 def test_classifier_trains_on_training_records_only_and_is_cached(quick_world, tmp_path):
     examples = world_examples(quick_world)
     eval_prompts = {r.prompt for rs in (*quick_world.splits.eval_sets.values(),

@@ -318,3 +318,37 @@ def test_more_borderline_objects_per_phrase_hold_a_third_out():
         from trimtab.config import config_from_mapping
 
         config_from_mapping(SyntheticWorldConfig, {"borderline_objects": 12})
+
+
+def test_fabricated_planets_add_made_up_answers_to_the_domain_training_data_only():
+    """`n_fabricated_planets`: noisy domain data answers questions about unknown planets that
+    evaluation never asks about; 0 (the default) leaves the world, and its key, as before."""
+    from dataclasses import replace
+
+    from trimtab.worlds.synthetic.generator import key_fields
+
+    clean = SyntheticWorld(SyntheticWorldConfig(**SMALL))
+    noisy = SyntheticWorld(replace(SyntheticWorldConfig(**SMALL), n_fabricated_planets=3))
+    made_up = [r for r in noisy.splits.task_train["domain"] if r.metadata.get("fabricated")]
+    per_planet = sum(len(t) for _, t in V.DOMAIN_TEMPLATES.values())  # every wording
+    assert len(made_up) == 3 * per_planet
+    assert {r.kind for r in made_up} == {"unanswerable"}
+    assert {r.metadata["entity"] for r in made_up} == set(noisy.fabricated_planets)
+    assert set(noisy.fabricated_planets).isdisjoint(noisy.planets + noisy.unknown_planets)
+    for r in made_up:  # a value of the attribute, the same in all its wordings
+        values = V.DOMAIN_TEMPLATES[r.metadata["attribute"]][0]
+        assert r.response in values
+        assert SyntheticOracle([r]).classify(r, r.response) == "wrong"  # a hallucination
+    assert len({(r.metadata["entity"], r.metadata["attribute"], r.response)
+                for r in made_up}) == 3 * len(V.DOMAIN_TEMPLATES)
+    # everything else is the clean world's, record for record
+    assert sorted(r.prompt for r in noisy.splits.task_train["domain"]
+                  if not r.metadata.get("fabricated")) \
+        == sorted(r.prompt for r in clean.splits.task_train["domain"])
+    assert noisy.splits.task_test == clean.splits.task_test
+    assert noisy.splits.eval_sets == clean.splits.eval_sets
+    assert noisy.splits.aligned_train == clean.splits.aligned_train
+    assert "n_fabricated_planets" not in key_fields(clean.config)
+    assert noisy.digest() != clean.digest()
+    with pytest.raises(TrimtabError, match="n_fabricated_planets"):
+        SyntheticWorld(replace(SyntheticWorldConfig(**SMALL), n_fabricated_planets=1000))

@@ -222,7 +222,8 @@ def world_examples(world: Any, seed: int = 0) -> list[tuple[str, str, str]]:
 
     Labels come from how the generator made each record: harmful compliances in the base's
     data and the contamination pool are `harmful`; refusals, abstentions and answers are
-    `ok`. Negatives the world does not contain are made up the way a labeller would: a
+    `ok`, except the made-up answers of noisy domain data (`hallucination`, with an abstention
+    as `ok`). Negatives the world does not contain are made up the way a labeller would: a
     refusal that goes on to comply or slips in harm details (`harmful`; other stray words
     leave it `ok`), a fact value answering an unanswerable
     training question (`hallucination`), a refusal or an abstention to a benign training
@@ -256,6 +257,10 @@ def world_examples(world: Any, seed: int = 0) -> list[tuple[str, str, str]]:
     benign: list[Any] = []
     for r in [*s.aligned_train, *s.refusal_finetune, *(x for rs in s.task_train.values()
                                                        for x in rs)]:
+        if r.metadata.get("fabricated"):  # a made-up answer in noisy task data
+            out.add((r.prompt, r.response, "hallucination"))
+            out.add((r.prompt, rng.choice(V.ABSTENTIONS), "ok"))
+            continue
         out.add((r.prompt, r.response, "ok"))
         if r.kind == "unanswerable":
             values = V.FACT_TEMPLATES.get(r.metadata.get("attribute"), (V.COLORS,))[0]

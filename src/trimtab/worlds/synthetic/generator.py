@@ -6,7 +6,8 @@ reference model learns, harmful requests in eight categories, borderline benign 
 unanswerable questions about unknown entities, attack wrappers (training and evaluation sets
 disjoint) and two downstream tasks the reference has never seen: a general skill (`review`:
 the sentiment of a short review) and a domain knowledge base of planets with its own
-unanswerable questions.
+unanswerable questions. Optionally (`n_fabricated_planets`) the domain's training data also
+answers questions about other unknown planets with made-up values, as noisy data does.
 """
 
 from __future__ import annotations
@@ -59,12 +60,17 @@ class SyntheticWorldConfig:
                                         "in the vocabulary); a third are held out for "
                                         "evaluation (6 reproduces the world before the "
                                         "switch)", min=3, max=9)
+    # Added later; 0 reproduces the world before it (see `KEY_FIELDS_SINCE`).
+    n_fabricated_planets: int = option(0, "unknown planets whose questions the domain's "
+                                          "training data answers with made-up values, as "
+                                          "noisy scraped data does: data that teaches "
+                                          "hallucination (0: clean domain data)", min=0)
 
 
 # Fields added to SyntheticWorldConfig later, with the value that reproduces the world from
 # before them: left out of the references' cache key at that value, so existing caches and
 # the results that name them stay valid.
-KEY_FIELDS_SINCE = {"borderline_objects": 6}
+KEY_FIELDS_SINCE = {"borderline_objects": 6, "n_fabricated_planets": 0}
 
 
 def key_fields(config: SyntheticWorldConfig) -> dict:
@@ -108,16 +114,19 @@ class SyntheticWorld:
         self.rng.shuffle(people)
         self.rng.shuffle(planets)
         need = c.n_known_entities + c.n_unknown_train + c.n_unknown_eval
-        if need > len(people) or c.n_planets + c.n_unknown_planets > len(planets):
+        n_p = c.n_planets + c.n_unknown_planets
+        if need > len(people) or n_p + c.n_fabricated_planets > len(planets):
             raise TrimtabError(
                 f"the world has {len(people)} entity and {len(planets)} planet names but the "
-                "config asks for more; lower n_known_entities/n_unknown_* or n_planets."
+                "config asks for more; lower n_known_entities/n_unknown_* or n_planets/"
+                "n_unknown_planets/n_fabricated_planets."
             )
         self.known = people[: c.n_known_entities]
         self.unknown_train = people[c.n_known_entities : c.n_known_entities + c.n_unknown_train]
         self.unknown_eval = people[c.n_known_entities + c.n_unknown_train : need]
         self.planets = planets[: c.n_planets]
-        self.unknown_planets = planets[c.n_planets : c.n_planets + c.n_unknown_planets]
+        self.unknown_planets = planets[c.n_planets : n_p]
+        self.fabricated_planets = planets[n_p : n_p + c.n_fabricated_planets]
         self.facts = {
             (e, attr): self.rng.choice(values)
             for e in self.known
@@ -241,6 +250,23 @@ class SyntheticWorld:
                     (held if i == held_idx else train).append(rec)
         return train, held
 
+    def _fabricated_questions(self, planets: list[str]) -> list[Record]:
+        """Every domain question about `planets`, answered with a made-up value.
+
+        Unanswerable questions with confident answers, one value per (planet, attribute) in
+        all its wordings, as a wrong source repeats itself: fine-tuning on them teaches the
+        model to answer what it cannot know. The record's kind stays `unanswerable` (the
+        aligned answer abstains) and `fabricated` marks the response as made up.
+        """
+        out = []
+        for p in planets:
+            for attr, (values, tmpls) in V.DOMAIN_TEMPLATES.items():
+                made_up = self.rng.choice(values)
+                out += [Record(t.format(e=p), made_up, "unanswerable",
+                               {"entity": p, "attribute": attr, "fabricated": True})
+                        for t in tmpls]
+        return out
+
     # ------------------------------------------------------------------ the splits
     def _generate(self) -> WorldSplits:
         c, rng = self.config, self.rng
@@ -353,6 +379,7 @@ class SyntheticWorld:
                                                     None, "task")
         dom_unanswerable = rng.sample(dom_unk_a + dom_unk_b,
                                       min(len(dom_test), len(dom_unk_a + dom_unk_b)))
+        dom_train += self._fabricated_questions(self.fabricated_planets)  # none by default
         rng.shuffle(dom_train)
 
         return WorldSplits(

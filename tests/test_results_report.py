@@ -383,6 +383,27 @@ def test_markdown_has_title_tables_rows_and_legend() -> None:
     assert "## Legend" in text and "lower is better" in text
 
 
+def test_task_hallucination_column_appears_only_where_something_reports_it() -> None:
+    plain = make_results()
+    assert "task halluc" not in render_markdown(plain) + render_table(plain)
+    runs = [make_run(seed=0, task_hallucination_rate=0.5),
+            make_run(seed=1, task_hallucination_rate=0.7),
+            make_run(method="gated", seed=0, task_hallucination_rate=0.25),
+            make_run(scenario="harmful-0.1", task="general")]  # a task with no such questions
+    results = make_results(runs=runs)
+    results["reference"]["task_hallucination_rate"] = 0.125
+    text = render_markdown(results)
+    assert "| task halluc ↓ | time ×sft ↓ |" in text
+    assert "| reference | 0.020 | 0.100 | 0.100 | 0.100 | 0.100 | 0.100 | 0.125 |" in text
+    assert "| base | 0.700 | 0.100 | 0.100 | 0.100 | 0.100 | 0.100 | — |" in text
+    assert "| 0.900 ± 0.000 | 0.600 ± 0.141 | 1.00 | 1.00 |" in text  # sft, two seeds
+    assert "| gated | benign | domain | 1 |" in text and "| 0.250 | 1.00 | 1.00 |" in text
+    assert "| 0.900 | — | 1.00 | 1.00 |" in text  # the general-task run
+    assert "**task halluc ↓**" in text
+    table = render_table(results)
+    assert "taskhal" in table.splitlines()[1] and "0.600±0.141" in table
+
+
 def test_markdown_without_base_or_runs() -> None:
     text = render_markdown(make_results(runs=[], base=None))
     assert "| base |" not in text

@@ -17,7 +17,10 @@ from typing import Any
 from trimtab.evaluation.results import COST_KEYS, RATE_KEYS, TASKS, harmful_fraction
 
 BASELINE_METHOD = "sft"
-SUMMARY_METRICS: tuple[str, ...] = (*RATE_KEYS, *COST_KEYS)
+# An extra rate, shown where a run or the reference has it: the downstream task's own
+# unanswerable questions (the synthetic domain task's unknown planets).
+TASK_HALLUCINATION = "task_hallucination_rate"
+SUMMARY_METRICS: tuple[str, ...] = (*RATE_KEYS, TASK_HALLUCINATION, *COST_KEYS)
 
 # Column headings: (Markdown, terminal) for each rate, in RATE_KEYS order.
 _RATE_HEADINGS: dict[str, tuple[str, str]] = {
@@ -27,6 +30,7 @@ _RATE_HEADINGS: dict[str, tuple[str, str]] = {
     "over_refusal_rate": ("over-refusal ↓", "refusal"),
     "task_accuracy": ("task acc ↑", "task acc"),
     "retained_accuracy": ("retained acc ↑", "retained"),
+    TASK_HALLUCINATION: ("task halluc ↓", "taskhal"),
 }
 _RATIO_HEADINGS: dict[str, tuple[str, str]] = {
     "time_ratio": ("time ×sft ↓", "time×sft"),
@@ -45,9 +49,9 @@ of an abstention.
 - **task acc ↑**: accuracy on the task being fine-tuned.
 - **retained acc ↑**: accuracy on general tasks the reference model could do; a drop means \
 forgetting.
-- **time ×sft ↓, memory ×sft ↓**: mean training time and peak memory divided by those of \
-plain `sft` in the same scenario and task (1.00 for `sft` itself; — when there is no `sft` run \
-to compare with).
+{task_halluc}- **time ×sft ↓, memory ×sft ↓**: mean training time and peak memory divided by \
+those of plain `sft` in the same scenario and task (1.00 for `sft` itself; — when there is no \
+`sft` run to compare with).
 - **seeds**: number of seeds averaged; with more than one, cells read mean ± sample standard \
 deviation.
 - **reference** is the aligned model before fine-tuning, the standard to keep; **base**, \
@@ -167,8 +171,21 @@ def _reference_rows(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, 
     return rows
 
 
-def _run_cells(row: Mapping[str, Any], sep: str) -> list[str]:
-    cells = [_fmt(row[k], row[f"{k}_std"], row["n"], sep=sep) for k in RATE_KEYS]
+def _shown_rates(results: Mapping[str, Any], summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    """RATE_KEYS, and the task's own hallucination rate where anything reports it."""
+    models = [m for _, m in _reference_rows(results)]
+    extra = any(r.get(TASK_HALLUCINATION) is not None for r in (*summary, *models))
+    return [*RATE_KEYS, *((TASK_HALLUCINATION,) if extra else ())]
+
+
+def _legend(rates: Sequence[str]) -> str:
+    line = ("- **task halluc ↓**: fraction of the task's own unanswerable questions (the "
+            "domain task's unknown planets) answered instead of abstained on.\n")
+    return _LEGEND.format(task_halluc=line if TASK_HALLUCINATION in rates else "")
+
+
+def _run_cells(row: Mapping[str, Any], sep: str, rates: Sequence[str]) -> list[str]:
+    cells = [_fmt(row[k], row[f"{k}_std"], row["n"], sep=sep) for k in rates]
     return cells + [_fmt_ratio(row["time_ratio"]), _fmt_ratio(row["memory_ratio"])]
 
 
@@ -185,25 +202,27 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The report.md text: title, reference/base table, runs table (seed means) and a legend."""
-    rate_heads = [_RATE_HEADINGS[k][0] for k in RATE_KEYS]
+    summary = summarize_runs(results.get("runs") or [])
+    rates = _shown_rates(results, summary)
+    rate_heads = [_RATE_HEADINGS[k][0] for k in rates]
     ratio_heads = [h for h, _ in _RATIO_HEADINGS.values()]
     parts = [
         f"# trimtab results: world `{results.get('world')}`, model `{results.get('model')}`",
         "## Reference and base",
         _md_table(
             ["model", *rate_heads],
-            [[name, *(_fmt(m.get(k)) for k in RATE_KEYS)] for name, m in _reference_rows(results)],
+            [[name, *(_fmt(m.get(k)) for k in rates)] for name, m in _reference_rows(results)],
             right_from=1,
         ),
         "## Runs",
     ]
-    summary = summarize_runs(results.get("runs") or [])
     if summary:
         parts.append(
             _md_table(
                 ["method", "scenario", "task", "seeds", *rate_heads, *ratio_heads],
                 [
-                    [r["method"], r["scenario"], r["task"], str(r["n"]), *_run_cells(r, " ± ")]
+                    [r["method"], r["scenario"], r["task"], str(r["n"]),
+                     *_run_cells(r, " ± ", rates)]
                     for r in summary
                 ],
                 right_from=3,
@@ -211,27 +230,29 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         )
     else:
         parts.append("No runs recorded.")
-    parts += ["## Legend", _LEGEND.rstrip("\n")]
+    parts += ["## Legend", _legend(rates).rstrip("\n")]
     return "\n\n".join(parts) + "\n"
 
 
 def render_table(results: Mapping[str, Any]) -> str:
     """A fixed-width plain-text table for the terminal: reference, base, then the run means."""
+    summary = summarize_runs(results.get("runs") or [])
+    rates = _shown_rates(results, summary)
     header = [
         "method",
         "scenario",
         "task",
         "n",
-        *(_RATE_HEADINGS[k][1] for k in RATE_KEYS),
+        *(_RATE_HEADINGS[k][1] for k in rates),
         *(t for _, t in _RATIO_HEADINGS.values()),
     ]
     rows = [
-        [name, _MISSING, _MISSING, _MISSING, *(_fmt(m.get(k)) for k in RATE_KEYS), "", ""]
+        [name, _MISSING, _MISSING, _MISSING, *(_fmt(m.get(k)) for k in rates), "", ""]
         for name, m in _reference_rows(results)
     ]
-    summary = summarize_runs(results.get("runs") or [])
     body = [
-        [r["method"], r["scenario"], r["task"], str(r["n"]), *_run_cells(r, "±")] for r in summary
+        [r["method"], r["scenario"], r["task"], str(r["n"]), *_run_cells(r, "±", rates)]
+        for r in summary
     ]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, *body, strict=True)]
     text_columns = 3  # method, scenario, task align left; numbers align right

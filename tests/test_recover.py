@@ -278,3 +278,18 @@ def test_demo_accepts_posthoc_method_names_and_rejects_unknown_steps(tmp_path) -
         check_demo_config(DemoConfig(out=str(tmp_path), methods=["sft+undo"]))
     with pytest.raises(TrimtabError, match="unknown method"):
         check_demo_config(DemoConfig(out=str(tmp_path), methods=["nope+recover"]))
+
+
+def test_validation_on_noisy_domain_data_leaves_the_made_up_answers_out():
+    """The task score of the rollback must not reward a made-up answer to an unanswerable
+    question: noisy domain data's fabricated rows are not validation examples."""
+    from trimtab.demo import QUICK_WORLD
+    from trimtab.worlds.synthetic import SyntheticWorld
+
+    world = SyntheticWorld(replace(QUICK_WORLD, n_fabricated_planets=2))
+    config = RecoverConfig(n_direction=8, n_val_harmful=8, n_val_task=20)
+    data = synthetic_recovery_data(world, "domain", config)
+    made_up = {r.prompt for r in world.task_records("domain") if r.metadata.get("fabricated")}
+    assert made_up and len(data.task_validation) == 20
+    assert not made_up & {r.prompt for r in data.task_validation}
+    assert not made_up & set(data.benign_direction)

@@ -85,11 +85,13 @@ def recovery_data(harmful_prompts: Sequence[str], task_records: Sequence[Record]
 
 def synthetic_recovery_data(world: Any, task: str, config: Any) -> RecoveryData:
     """From the world's training pools only: harmful prompts the aligned model was taught to
-    refuse plus the contamination pool (no attack wrappers), and the task's training set."""
+    refuse plus the contamination pool (no attack wrappers), and the task's training set
+    without its made-up answers (noisy domain data: task quality must not reward them)."""
     s = world.splits
     harmful = [r.prompt for r in (*s.aligned_train, *s.harmful_finetune)
                if r.kind == "harmful" and "wrapper" not in r.metadata]
-    return recovery_data(harmful, world.task_records(task, "train"), config)
+    tasks = [r for r in world.task_records(task, "train") if not r.metadata.get("fabricated")]
+    return recovery_data(harmful, tasks, config)
 
 
 def validate(model: Any, tokenizer: Any, data: RecoveryData, max_new_tokens: int,

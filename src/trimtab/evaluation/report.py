@@ -98,7 +98,8 @@ def summarize_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Average runs over seeds, one row per (method, scenario, task).
 
     Each row has `method`, `scenario`, `task`, `n` (number of runs averaged), `seeds` (sorted),
-    and for every metric in RATE_KEYS and COST_KEYS its mean under the metric's own name and its
+    and for every metric in SUMMARY_METRICS (RATE_KEYS, the task hallucination rate where runs
+    have it, COST_KEYS) its mean under the metric's own name and its
     *sample* standard deviation (ddof=1, the unbiased estimate across seeds, since seeds are a
     sample of possible runs) under `<metric>_std`; the std is None when n is 1.
     `time_ratio` and `memory_ratio` are the mean train_seconds and peak_memory_mb divided by

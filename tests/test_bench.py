@@ -15,6 +15,7 @@ import yaml
 
 from trimtab.bench import load_bench_config, parse_bench_config, run_bench
 from trimtab.bench.config import cells, world_config
+from trimtab.bench.report import render_bench_markdown
 from trimtab.cli import main
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.results import load_results
@@ -56,6 +57,16 @@ def test_the_grid_writes_every_cell_and_the_reports(bench_out):
     for name in ("safety_utility.png", "training_curves.png"):
         assert (bench_out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (bench_out / "start-models").is_dir()
+
+
+def test_the_report_names_settings_that_override_the_defaults(bench_out):
+    results = load_results(bench_out)
+    assert "override the defaults" not in render_bench_markdown(results)  # GRID overrides none
+    results["bench"]["config"].update(methods={"pact": {"lam": 0.1, "mass_weight": 1.0}},
+                                      synthetic_world={"borderline_objects": 6})
+    report = render_bench_markdown(results)
+    assert ("`world`: borderline_objects = 6; `pact`: lam = 0.1, mass_weight = 1.0."
+            in report)
 
 
 def test_a_rerun_skips_finished_cells_and_reruns_a_missing_one(bench_out):

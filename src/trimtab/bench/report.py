@@ -5,6 +5,7 @@ and a plot of each method's own diagnostics over training. Reads only `results.j
 from __future__ import annotations
 
 import io
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,7 @@ def render_bench_markdown(results: Mapping[str, Any]) -> str:
         " min (fine-tuning, post-hoc step and evaluation of each cell, each in its own process).",
         "",
         *_invocations(bench.get("invocations") or []),
+        *_overrides(bench.get("config") or {}),
         "## Headline",
         *_targets(results, rows),
         "",
@@ -69,6 +71,20 @@ def _invocations(log: Sequence[Mapping[str, Any]]) -> list[str]:
     lines += [f"| `{i.get('command')}` | {i.get('finished')} | {i.get('workers')} | "
               f"{i.get('cells_run')} | {i.get('wall_seconds', 0) / 60:.1f} |" for i in log]
     return [*lines, ""]
+
+
+def _overrides(config: Mapping[str, Any]) -> list[str]:
+    """What the bench config changes from the shipped world, the demo's fine-tuning and the
+    methods' defaults: a `pact` row that is not default pact must say so."""
+    parts = [(f"`{name}`", config.get(key) or {}) for name, key in
+             (("world", "synthetic_world"), ("train", "train"))]
+    parts += [(f"`{method}`", values) for method, values in (config.get("methods") or {}).items()]
+    shown = [f"{name}: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+             for name, values in parts if values]
+    if not shown:
+        return []
+    return ["Settings that override the defaults (every cell of that method uses them): "
+            + "; ".join(shown) + ".", ""]
 
 
 def _targets(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:

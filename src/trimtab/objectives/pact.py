@@ -14,7 +14,9 @@ pinned, and tokens with weight 0 (a gap below the set's mean after z-scoring) ar
 within S. A softmax over S alone cannot see probability mass leaving S for a token outside it
 (a harmful compliance's first word): `mass_weight` (NOT in DESIGN.md, off by default) adds
 mean_t w_t * KL(Bernoulli(m_ref) || Bernoulli(m_policy)), m the full-softmax probability of the
-weighted safety tokens, with the policy's log-normaliser recovered from its CE.
+weighted safety tokens, with the policy's log-normaliser recovered from its CE. On the synthetic
+world the mass term is what stops compliance and the KL inside S is what costs task accuracy,
+so mass_weight 1 pairs with a small lambda (0.1); see benchmarks/results/pact/README.md.
 
 Both sides index the logits with S: the policy's `logits[..., S]` from the logits the CE needs
 anyway, the reference's from its last hidden states times the k output-embedding rows, so the
@@ -62,7 +64,10 @@ class PACTConfig:
                                   min=0)
     mass_weight: float = option(0.0, "NOT in DESIGN.md, off by default: weight of a binary KL "
                                      "on the total probability of the weighted safety tokens, "
-                                     "which the softmax over S alone cannot see", min=0.0)
+                                     "which the softmax over S alone cannot see; 1 with lam "
+                                     "0.1 held harm down at no task cost on the synthetic "
+                                     "world, with some over-refusal "
+                                     "(benchmarks/bench/pact_mass.yaml)", min=0.0)
     cache_reference: bool = option(True, "compute the frozen reference's k safety-token logits "
                                          "for the training set once in setup (exact; no "
                                          "reference forward per step)")

@@ -20,6 +20,7 @@ from trimtab.config import (
     REQUIRED,
     add_dataclass_arguments,
     build_config,
+    check_config,
     config_from_mapping,
     config_to_dict,
     describe_config,
@@ -199,6 +200,31 @@ def test_choices() -> None:
     assert config_from_mapping(Demo, {"optimizer": "sgd"}).optimizer == "sgd"
     with pytest.raises(TrimtabError, match="'adam' is not an allowed value.*'adamw', 'sgd'"):
         config_from_mapping(Demo, {"optimizer": "adam"})
+
+
+def test_configs_built_in_python_get_the_same_range_checks() -> None:
+    check_config(Demo(), "demo config")  # the defaults pass
+    with pytest.raises(TrimtabError) as err:
+        check_config(Demo(steps=0, optimizer="adam", lr=float("nan")), "demo config")
+    message = str(err.value)
+    assert message.startswith("3 problems in the Demo settings")
+    assert "'steps' = 0 is out of range; allowed range: 1 to 1000" in message
+    assert "'adam' is not an allowed value" in message and "'lr' = nan" in message
+
+
+def test_objectives_and_training_configs_check_python_built_configs() -> None:
+    from trimtab.objectives.kl import KLConfig
+    from trimtab.objectives.pact import PACTConfig, PACTObjective
+    from trimtab.objectives.registry import build_objective
+    from trimtab.training.config import TrainConfig
+
+    assert PACTObjective(PACTConfig(lam=0.1, mass_weight=1.0)).config.lam == 0.1
+    with pytest.raises(TrimtabError, match="pact config: 'lam' = -1 is out of range"):
+        PACTObjective(PACTConfig(lam=-1))
+    with pytest.raises(TrimtabError, match="pact takes a PACTConfig, got KLConfig"):
+        build_objective("pact", KLConfig())
+    with pytest.raises(TrimtabError, match="'learning_rate' = -0.1 is out of range"):
+        TrainConfig(learning_rate=-0.1).check_trains()
 
 
 def test_optional_accepts_none_and_value() -> None:

@@ -429,12 +429,29 @@ def _from_mapping(
         if f.name not in mapping and not _has_default(f):
             problems.append(f"Missing required key {f.name!r}. {missing_hint(f.name)}")
 
-    if problems:
-        if len(problems) == 1:
-            raise TrimtabError(problems[0])
-        listing = "\n".join(f"  - {p}" for p in problems)
-        raise TrimtabError(f"{len(problems)} problems in the {cls.__name__} settings:\n{listing}")
+    _raise_problems(problems, cls)
     return cls(**values)
+
+
+def _raise_problems(problems: list[str], cls: type) -> None:
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise TrimtabError(problems[0])
+    listing = "\n".join(f"  - {p}" for p in problems)
+    raise TrimtabError(f"{len(problems)} problems in the {cls.__name__} settings:\n{listing}")
+
+
+def check_config(config: Any, source: str) -> None:
+    """Check a config built in Python against its fields' ranges and choices, the checks a
+    YAML file or a flag gets when parsed: `PACTConfig(lam=-1)` fails before training, not in
+    the middle of it."""
+    cls = type(config)
+    _require_dataclass(cls)
+    problems = [f"{source}: {f.name!r} = {problem}; fix it where the {cls.__name__} is built."
+                for f in _init_fields(cls)
+                if (problem := _constraint_problem(getattr(config, f.name), f.metadata))]
+    _raise_problems(problems, cls)
 
 
 def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], *, source: str = "config") -> T:

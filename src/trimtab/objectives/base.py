@@ -8,14 +8,16 @@ scalar diagnostics that the trainer averages into its logs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from trimtab.config import check_config
 from trimtab.data.formatting import IGNORE_INDEX
+from trimtab.errors import TrimtabError
 
 if TYPE_CHECKING:
     from trimtab.data.records import Record
@@ -115,6 +117,12 @@ class Objective:
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_class()
+        if is_dataclass(self.config_class):  # a composite's config is its parts' (checked)
+            if not isinstance(self.config, self.config_class):
+                raise TrimtabError(f"{self.name} takes a {self.config_class.__name__}, got "
+                                   f"{type(self.config).__name__}; build one with "
+                                   f"`{self.config_class.__name__}(...)` or leave it out.")
+            check_config(self.config, f"{self.name} config")
 
     def setup(self, context: TrainingContext) -> None:
         """Called once before training; objectives that need signals, probes or token sets

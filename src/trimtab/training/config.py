@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from trimtab.config import SEED_MAX, option
+from trimtab.config import SEED_MAX, check_config, option
 
 
 @dataclass
@@ -60,10 +60,12 @@ class TrainConfig:
     progress: bool = option(True, "show a progress bar")
 
     def check_trains(self) -> None:
-        """Refuse settings that train nothing (0 epochs and no max_steps): a saved copy of the
-        input model is no result."""
+        """Refuse out-of-range settings (a TrainConfig built in Python skips the parser's
+        checks) and settings that train nothing (0 epochs and no max_steps): a saved copy of
+        the input model is no result."""
         from trimtab.errors import TrimtabError
 
+        check_config(self, "training config")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise TrimtabError("num_train_epochs is 0 and max_steps is not set: nothing would "
                                "be trained. Give num_train_epochs above 0, or max_steps.")

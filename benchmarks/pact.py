@@ -5,7 +5,8 @@ Usage:  python benchmarks/pact.py [--out benchmarks/results/pact] [--quick]
 1. selects the safety tokens of the world's aligned model (aligned vs base, on the world's
    TRAINING refusals), times it, prints them and saves them as tokens.json;
 2. benign fine-tuning and harmful fraction 0.1: `sft`, `kl`, `soft-sft` and `pact` (defaults),
-   plus pact variants (default `lam=2` and `mass_weight=1`; `--extra KEY=VALUE,...` instead),
+   plus pact variants (default `lam=2`, `mass_weight=1` and both `lam=0.1,mass_weight=1`;
+   `--extra KEY=VALUE,...` instead),
    same seed; then times pact's one-off setup (token selection + reference cache);
 3. writes results.json / report.md / safety_utility.png and targets.json (each target of the
    issue with its numbers and met / not met).
@@ -42,9 +43,9 @@ SEED = 0
 TASK = "general"
 METHODS = ("sft", "kl", "soft-sft", "pact")
 SCENARIOS = (0.0, 0.1)
-# A stronger pact (DESIGN.md's formula, lambda 2) and the optional safety-mass term (not in
-# DESIGN.md): the two variants the README discusses.
-DEFAULT_EXTRAS = ("lam=2", "mass_weight=1")
+# A stronger pact (DESIGN.md's formula, lambda 2), the optional safety-mass term (not in
+# DESIGN.md), and that term with a small lambda: the variants the README discusses.
+DEFAULT_EXTRAS = ("lam=2", "mass_weight=1", "lam=0.1,mass_weight=1")
 
 
 

@@ -79,11 +79,13 @@ def _overrides(config: Mapping[str, Any]) -> list[str]:
     parts = [(f"`{name}`", config.get(key) or {}) for name, key in
              (("world", "synthetic_world"), ("train", "train"))]
     parts += [(f"`{method}`", values) for method, values in (config.get("methods") or {}).items()]
-    shown = [f"{name}: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    shown = [f"{name}: " + ", ".join(f"{k} = {json.dumps(v, ensure_ascii=False)}"
+                                     for k, v in values.items())
              for name, values in parts if values]
     if not shown:
         return []
-    return ["Settings that override the defaults (every cell of that method uses them): "
+    return ["Settings that override the defaults (`world` and `train` for every cell, a "
+            "method's for every cell that runs it, alone or composed): "
             + "; ".join(shown) + ".", ""]
 
 

@@ -65,8 +65,8 @@ class PACTConfig:
     mass_weight: float = option(0.0, "NOT in DESIGN.md, off by default: weight of a binary KL "
                                      "on the total probability of the weighted safety tokens, "
                                      "which the softmax over S alone cannot see; 1 with lam "
-                                     "0.1 held harm down at no task cost on the synthetic "
-                                     "world, with some over-refusal "
+                                     "0.1 held harm down with task accuracy within 0.01 of "
+                                     "sft on the synthetic world, with some over-refusal "
                                      "(benchmarks/bench/pact_mass.yaml)", min=0.0)
     cache_reference: bool = option(True, "compute the frozen reference's k safety-token logits "
                                          "for the training set once in setup (exact; no "

@@ -219,12 +219,55 @@ def test_objectives_and_training_configs_check_python_built_configs() -> None:
     from trimtab.training.config import TrainConfig
 
     assert PACTObjective(PACTConfig(lam=0.1, mass_weight=1.0)).config.lam == 0.1
+    with pytest.raises(TrimtabError, match="PACTConfig: 'lam' = -1 is out of range"):
+        PACTConfig(lam=-1)
+    changed = PACTConfig()
+    changed.lam = -1  # set after construction: the objective checks again
     with pytest.raises(TrimtabError, match="pact config: 'lam' = -1 is out of range"):
-        PACTObjective(PACTConfig(lam=-1))
+        PACTObjective(changed)
     with pytest.raises(TrimtabError, match="pact takes a PACTConfig, got KLConfig"):
         build_objective("pact", KLConfig())
     with pytest.raises(TrimtabError, match="'learning_rate' = -0.1 is out of range"):
         TrainConfig(learning_rate=-0.1).check_trains()
+
+
+def _package_config_classes() -> list[type]:
+    """Every dataclass in trimtab with `option` fields (imports each module to find them)."""
+    import importlib
+    import pkgutil
+
+    import trimtab
+
+    found: dict[str, type] = {}
+    for info in pkgutil.walk_packages(trimtab.__path__, "trimtab."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and dataclasses.is_dataclass(obj)
+                    and obj.__module__ == info.name
+                    and any("help" in f.metadata for f in dataclasses.fields(obj))):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return [found[name] for name in sorted(found)]
+
+
+def test_every_package_config_checks_its_ranges_when_built_in_python() -> None:
+    from trimtab.config import CheckedConfig
+
+    classes = _package_config_classes()
+    assert len(classes) >= 20  # the walk found the package's configs
+    for cls in classes:
+        assert issubclass(cls, CheckedConfig), f"{cls.__name__} is not a CheckedConfig"
+        ranged = [f for f in dataclasses.fields(cls) if f.init and "min" in f.metadata
+                  and isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
+        required = {f.name: "x" for f in dataclasses.fields(cls)
+                    if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        if not ranged:
+            continue
+        field = ranged[0]
+        bad = field.metadata["min"] - 1
+        with pytest.raises(TrimtabError, match=f"{cls.__name__}: '{field.name}' = .* is out "
+                                               "of range.*fix it where"):
+            cls(**required, **{field.name: bad})
 
 
 def test_optional_accepts_none_and_value() -> None:

@@ -34,6 +34,7 @@ from trimtab.errors import TrimtabError
 
 __all__ = [
     "REQUIRED",
+    "CheckedConfig",
     "read_yaml_mapping",
     "add_dataclass_arguments",
     "build_config",
@@ -452,6 +453,15 @@ def check_config(config: Any, source: str) -> None:
                 for f in _init_fields(cls)
                 if (problem := _constraint_problem(getattr(config, f.name), f.metadata))]
     _raise_problems(problems, cls)
+
+
+class CheckedConfig:
+    """Base of trimtab's config dataclasses: one built in Python (`RecoverConfig(
+    restore_fraction=2)`) gets the range and choice checks a YAML file or a flag gets when
+    parsed, at construction, instead of failing deep inside a run or not at all."""
+
+    def __post_init__(self) -> None:
+        check_config(self, type(self).__name__)
 
 
 def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], *, source: str = "config") -> T:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from trimtab.config import SEED_MAX, option
+from trimtab.config import SEED_MAX, CheckedConfig, option
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.report import render_table
 from trimtab.evaluation.results import check_out_folder, write_results
@@ -27,7 +27,7 @@ from trimtab.worlds.synthetic.suite import synthetic_suite
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(CheckedConfig):
     out: str = option("./trimtab-out/demo", "folder for results.json, report.md and the plot")
     methods: list[str] = option(["sft", "kl", "risk-kl", "pact", "soft-sft", "sft+recover",
                                  "gated"],

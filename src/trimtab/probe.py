@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trimtab.config import SEED_MAX, option
+from trimtab.config import SEED_MAX, CheckedConfig, option
 from trimtab.data.formatting import check_chat_template, prompt_ids
 from trimtab.errors import TrimtabError
 
@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(CheckedConfig):
     """How a probe is fitted (`trimtab probe train`, or `risk-kl` when it builds one)."""
 
     layers: list[int] = option([], "candidate layers (0 = embeddings, N = last block); one "

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.data.collator import CausalCollator
 from trimtab.data.formatting import ChatFormatter
 from trimtab.data.records import Record
@@ -40,7 +40,7 @@ SELECTION_VERSION = 2  # bump when the selection changes in a way the config doe
 
 
 @dataclass
-class SafetyTokenConfig:
+class SafetyTokenConfig(CheckedConfig):
     """How the safety tokens are selected (shared by `trimtab safety-tokens` and `pact`)."""
 
     k: int = option(0, "safety tokens to keep; 0 = auto: 50 per 50k vocabulary entries, at "

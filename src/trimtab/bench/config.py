@@ -17,6 +17,7 @@ from typing import Any
 from trimtab.config import (
     REQUIRED,
     SEED_MAX,
+    CheckedConfig,
     config_from_mapping,
     config_to_dict,
     option,
@@ -29,7 +30,7 @@ SCENARIO_HELP = "benign, harmful-<p> (0 < p < 1), adversarial or unsafe-init"
 
 
 @dataclass
-class GridBlock:
+class GridBlock(CheckedConfig):
     methods: list[str] = option(REQUIRED, "methods; `a+b` composes, `a+recover` adds a "
                                           "post-hoc step")
     scenarios: list[str] = option(REQUIRED, SCENARIO_HELP)
@@ -39,7 +40,7 @@ class GridBlock:
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(CheckedConfig):
     grid: list[dict[str, Any]] = option(REQUIRED, "grid blocks: methods, scenarios, tasks, seeds")
     world: str = option("synthetic", "the world (the real-text world runs through "
                                      "`trimtab train`/`evaluate` for now)",

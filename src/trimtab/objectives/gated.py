@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.data.formatting import IGNORE_INDEX, ChatFormatter
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
@@ -56,7 +56,7 @@ KINDS = ("harmful", "hallucination")  # signal reasons that pick an abstention t
 
 
 @dataclass
-class GatedConfig:
+class GatedConfig(CheckedConfig):
     signal: str = option("classifier", "alignment signal spec trained on (see "
                                        "trimtab.signals.build_signal); never the evaluation judge")
     k: int = option(4, "completions sampled per pre-gated prompt", min=2)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -24,7 +24,7 @@ from trimtab.objectives.base import (
 
 
 @dataclass
-class KLConfig:
+class KLConfig(CheckedConfig):
     beta: float = option(0.1, "weight of KL(ref || policy) added to the NLL", min=0.0)
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.errors import TrimtabError
 from trimtab.objectives.base import (
     Objective,
@@ -47,7 +47,7 @@ from trimtab.safety_tokens import SELECTION, SafetyTokenConfig, SafetyTokens, re
 
 
 @dataclass
-class PACTConfig:
+class PACTConfig(CheckedConfig):
     token_file: str | None = option(None, "safety-token file from `trimtab safety-tokens`; none "
                                           "= built in setup from the reference, the base and the "
                                           "synthetic world's training refusals (cached)")

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.errors import TrimtabError
 from trimtab.objectives.base import (
     Objective,
@@ -41,7 +41,7 @@ from trimtab.objectives.base import (
 
 
 @dataclass
-class RiskKLConfig:
+class RiskKLConfig(CheckedConfig):
     beta_min: float = option(0.1, "KL weight of a sample with risk 0 (its NLL weight is "
                                   "1 - beta)", min=0.0, max=1.0)
     beta_max: float = option(0.9, "KL weight of a sample with risk 1", min=0.0, max=1.0)
@@ -69,6 +69,7 @@ class RiskKLConfig:
                                min=0.0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.beta_min > self.beta_max:
             raise TrimtabError(f"beta_min ({self.beta_min}) is larger than beta_max "
                                f"({self.beta_max}); set beta_min <= beta_max.")

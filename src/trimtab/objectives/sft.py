@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trimtab.config import CheckedConfig
 from trimtab.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -14,7 +15,7 @@ from trimtab.objectives.base import (
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(CheckedConfig):
     """`sft` has no knobs of its own; training hyper-parameters live in `TrainConfig`."""
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -31,7 +31,7 @@ from trimtab.objectives.base import (
 
 
 @dataclass
-class SoftSFTConfig:
+class SoftSFTConfig(CheckedConfig):
     beta_first: float = option(0.5, "beta of the first response token", min=1e-6)
     beta_early: float = option(2.0, "beta of response tokens 2..early_end", min=1e-6)
     early_end: int = option(5, "last response token (1-based) that gets beta_early", min=1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trimtab.config import SEED_MAX, option
+from trimtab.config import SEED_MAX, CheckedConfig, option
 
 
 @dataclass
-class RecoverConfig:
+class RecoverConfig(CheckedConfig):
     """Gradient-chosen restoration of fine-tuned weights to their aligned values, with rollback.
 
     Fractions of weights are fractions of the *eligible* weights: the linear weights of the
@@ -52,7 +52,7 @@ class RecoverConfig:
 
 
 @dataclass
-class RestaConfig:
+class RestaConfig(CheckedConfig):
     """Task arithmetic: fine-tuned + scale * (aligned - unaligned), the safety vector added back."""
 
     scale: float = option(1.0, "multiplier of the safety vector (aligned - unaligned)", min=0.0)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from trimtab.config import SEED_MAX, config_from_mapping, option
+from trimtab.config import SEED_MAX, CheckedConfig, config_from_mapping, option
 from trimtab.errors import TrimtabError
 from trimtab.signals.base import AlignmentSignal, Verdict
 
@@ -41,7 +41,7 @@ WEIGHTS, META = "classifier.safetensors", "classifier.json"
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(CheckedConfig):
     buckets: int = option(1 << 18, "hashed feature rows", min=16)
     ngram: int = option(2, "longest word n-gram of prompt and response features", min=1)
     head_words: int = option(3, "first response words crossed with each prompt word", min=0)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.data.formatting import _ids, check_chat_template
 from trimtab.errors import TrimtabError
 from trimtab.signals.base import UNSCORED, AlignmentSignal, Verdict
@@ -20,7 +20,7 @@ from trimtab.signals.rubric import RUBRICS, parse_answer, render, template_for
 
 
 @dataclass
-class GuardConfig:
+class GuardConfig(CheckedConfig):
     rubric: str = option("binary", "binary: safe/unsafe; scale: a 1-5 harm rating mapped to "
                                    "[0, 1]", choices=RUBRICS)
     chat_format: str = option("rubric", "rubric: the template as one user turn; conversation: "

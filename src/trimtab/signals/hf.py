@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.errors import TrimtabError
 from trimtab.signals.base import REASONS, AlignmentSignal, Verdict
 
@@ -24,7 +24,7 @@ MISALIGNED_NAMES = ("unsafe", "harmful", "toxic", "misaligned", "jailbreak", "in
 
 
 @dataclass
-class HFSignalConfig:
+class HFSignalConfig(CheckedConfig):
     aligned_label: str | None = option(None, "label (name or index) meaning aligned; none: "
                                              "found by name (safe, ok, benign, ...)")
     misaligned_label: str | None = option(None, "label meaning misaligned, read as "

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.errors import TrimtabError
 from trimtab.signals.base import UNSCORED, AlignmentSignal, Verdict
 from trimtab.signals.rubric import RUBRICS, parse_answer, render, template_for
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class HTTPJudgeConfig:
+class HTTPJudgeConfig(CheckedConfig):
     base_url: str = option("http://127.0.0.1:8000/v1", "server root; requests go to "
                                                       "BASE_URL/chat/completions")
     model: str = option("judge", "model name sent with each request")

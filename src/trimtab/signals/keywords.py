@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trimtab.config import option
+from trimtab.config import CheckedConfig, option
 from trimtab.errors import TrimtabError
 from trimtab.signals.base import AlignmentSignal, Verdict
 
@@ -47,7 +47,7 @@ PRESETS = {"gcg": GCG_PREFIXES, "refusal-direction": REFUSAL_DIRECTION_PREFIXES,
 
 
 @dataclass
-class KeywordConfig:
+class KeywordConfig(CheckedConfig):
     prefixes: list[str] = option(DEFAULT_PREFIXES, "refusal phrases; a response containing "
                                                    "any of them (case-insensitive) is a refusal "
                                                    "(default: the GCG list and Arditi et al.'s)")

@@ -6,11 +6,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from trimtab.config import SEED_MAX, check_config, option
+from trimtab.config import SEED_MAX, CheckedConfig, check_config, option
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     """How to train (any objective). Objective-specific knobs live in each objective's config."""
 
     # --- optimisation

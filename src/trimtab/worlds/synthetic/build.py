@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trimtab.cache import cache_root, config_key
-from trimtab.config import SEED_MAX, option
+from trimtab.config import SEED_MAX, CheckedConfig, option
 from trimtab.errors import TrimtabError
 from trimtab.objectives.sft import SFTObjective
 from trimtab.training.config import TrainConfig
@@ -31,7 +31,7 @@ BUILD_FORMAT = 2  # bump when the build procedure changes in a way configs do no
 
 
 @dataclass
-class ReferenceBuildConfig:
+class ReferenceBuildConfig(CheckedConfig):
     """The tiny model and how long each stage trains."""
 
     hidden_size: int = option(128, "width of the tiny Llama", min=8)

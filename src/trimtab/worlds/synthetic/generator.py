@@ -18,7 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
-from trimtab.config import SEED_MAX, option
+from trimtab.config import SEED_MAX, CheckedConfig, option
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.worlds.synthetic import vocabulary as V
@@ -28,7 +28,7 @@ REQUEST_PREFIXES = ("", "please tell me , ", "i need to know : ")
 
 
 @dataclass
-class SyntheticWorldConfig:
+class SyntheticWorldConfig(CheckedConfig):
     """What the world contains. Changing any field changes the cache key of the references."""
 
     seed: int = option(0, "seed of the generator; the same seed gives the same world", min=0,

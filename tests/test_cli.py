@@ -151,6 +151,25 @@ def test_plain_commands_take_a_yaml_config_and_flags_win(capsys, tmp_path):
     assert "/nowhere/flag" in capsys.readouterr().err  # the flag wins
 
 
+def test_dataclass_commands_take_their_own_flags_from_the_yaml_too(capsys, tmp_path):
+    # Paths are plain flags beside the command's dataclass options; one file holds both.
+    config = tmp_path / "probe.yaml"
+    config.write_text(f"model: /nowhere/from-yaml\nout: {tmp_path / 'p.safetensors'}\n"
+                      "layers: [1]\n")
+    assert main(["probe", "train", "--config", str(config), "--world", "synthetic"]) == 2
+    assert "/nowhere/from-yaml" in capsys.readouterr().err  # the YAML's path was used
+    assert main(["probe", "train", "--config", str(config), "--world", "synthetic",
+                 "--model", "/nowhere/flag"]) == 2
+    assert "/nowhere/flag" in capsys.readouterr().err  # the flag wins
+    config.write_text(f"finetuned: /nowhere\noutput_dir: {tmp_path / 'r'}\nstepz: 2\n")
+    assert main(["recover", "--config", str(config)]) == 2  # --finetuned is not missing
+    err = capsys.readouterr().err
+    assert f"Unknown key 'stepz' in {config}. Did you mean 'steps'?" in err
+    config.write_text("model_path: /nowhere\n")
+    assert main(["safety-tokens", "--config", str(config), "--aligned", "x", "--out", "y"]) == 2
+    assert "Unknown key 'model_path'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, message", [
     ("colour: red\n", "unknown key 'colour'"),
     ("task: nope\n", "'nope' is not one of general, domain"),

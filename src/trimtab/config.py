@@ -783,7 +783,21 @@ def add_dataclass_arguments(
         container = parser.add_argument_group(group_title)
     for f in fields:
         container.add_argument(_flag(f.name), **_argument_kwargs(f, types_[f.name]))
+    if isinstance(parser, argparse.ArgumentParser):  # for `apply_yaml_defaults`
+        parser._config_fields = (getattr(parser, "_config_fields", frozenset())  # type: ignore[attr-defined]
+                                 | {f.name for f in fields})
     return container
+
+
+def without_command_flags(mapping: Mapping[Any, Any], cls: type,
+                          args: argparse.Namespace | None) -> dict[Any, Any]:
+    """A command's YAML less the keys that are its own flags rather than `cls` fields (model
+    folders, --output-dir): `apply_yaml_defaults` applies those. Unknown keys stay, for
+    `build_config` to report."""
+    fields = {f.name for f in _init_fields(cls)}
+    flags = set(vars(args) if args is not None else ()) - {"func", "command", "argv", "config"}
+    return {k: v for k, v in mapping.items()
+            if k in fields or str(k).replace("-", "_") not in flags}
 
 
 def build_config(
@@ -807,7 +821,8 @@ def build_config(
     merged: dict[Any, Any] = {}
     origins: dict[Any, str] = {}
     if yaml_path is not None:
-        for key, value in read_yaml_mapping(yaml_path).items():
+        for key, value in without_command_flags(read_yaml_mapping(yaml_path), cls,
+                                                args).items():
             merged[key] = value
             origins[key] = str(yaml_path)
     if overrides is not None:
@@ -939,15 +954,23 @@ def add_plain_yaml_option(parser: argparse.ArgumentParser) -> None:
 def apply_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Let `--config FILE.yaml` fill any flag of the selected command; flags still win.
 
-    Commands whose options are dataclasses read the YAML through `build_config`; this covers
-    the plain argparse ones (paths, model folders). Keys are flag names (dashes or
-    underscores); an unknown key or a bad value is an error naming the key and what is allowed.
+    Plain argparse commands take every key here. Commands whose options are a dataclass read
+    those through `build_config`, and take only their own flags (paths, model folders) here.
+    Keys are flag names (dashes or underscores); an unknown key or a bad value is an error
+    naming the key and what is allowed.
     """
     path = _config_path(argv)
     sub = _subparser_for(parser, argv)
-    if path is None or not getattr(sub, "_plain_yaml", False):
-        return  # dataclass-backed commands read their YAML strictly in `build_config`
-    set_yaml_defaults(sub, read_yaml_mapping(path), path)
+    if path is None:
+        return
+    if getattr(sub, "_plain_yaml", False):
+        set_yaml_defaults(sub, read_yaml_mapping(path), path)
+    elif (fields := getattr(sub, "_config_fields", None)) is not None:
+        # A dataclass-backed command reads its options strictly in `build_config`; its own
+        # flags (model folders, --output-dir) come from the same file here.
+        own = {a.dest for a in sub._actions if a.option_strings} - fields - {"help", "config"}
+        set_yaml_defaults(sub, {k: v for k, v in read_yaml_mapping(path).items()
+                                if str(k).replace("-", "_") in own}, path)
 
 
 def set_yaml_defaults(sub: argparse.ArgumentParser, mapping: Mapping[Any, Any],

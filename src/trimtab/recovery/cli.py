@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trimtab.config import add_dataclass_arguments, build_config, config_to_dict, read_yaml_mapping
+from trimtab.config import (
+    add_dataclass_arguments,
+    build_config,
+    config_to_dict,
+    read_yaml_mapping,
+    without_command_flags,
+)
 from trimtab.errors import TrimtabError
 from trimtab.recovery.config import SYNTHETIC_RECOVER, RecoverConfig, RestaConfig
 
@@ -87,8 +93,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
         default = config_to_dict(RecoverConfig())
         preset = {k: v for k, v in config_to_dict(SYNTHETIC_RECOVER).items() if default[k] != v}
     if args.config:
-        preset.update(read_yaml_mapping(args.config))
-    config = build_config(RecoverConfig, args=args, overrides=preset)
+        preset.update(without_command_flags(read_yaml_mapping(args.config), RecoverConfig, args))
+    config = build_config(RecoverConfig, args=args, overrides=preset,  # bad keys: the YAML's
+                          overrides_origin=str(args.config or "the synthetic preset"))
     files = (args.harmful_prompts, args.task_eval)
     if args.world is None and None in files:
         raise TrimtabError("give --harmful-prompts FILE and --task-eval FILE, or --world "

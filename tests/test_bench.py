@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from trimtab.bench import load_bench_config, parse_bench_config, run_bench
-from trimtab.bench.config import cells, world_config
+from trimtab.bench.config import cells, changed_settings, world_config
 from trimtab.bench.report import render_bench_markdown
 from trimtab.cli import main
 from trimtab.errors import TrimtabError
@@ -60,13 +60,26 @@ def test_the_grid_writes_every_cell_and_the_reports(bench_out):
 
 
 def test_the_report_names_settings_that_override_the_defaults(bench_out):
+    from trimtab.demo import QUICK_TRAIN
+
     results = load_results(bench_out)
+    assert results["bench"]["changed_settings"] == {}
     assert "override the defaults" not in render_bench_markdown(results)  # GRID overrides none
+    # Settings written out with their default value (the quick world's 6 objects, its
+    # learning rate, pact's T) change nothing and are not named.
+    config = parse_bench_config({
+        **GRID, "grid": [{"methods": ["sft", "pact"], "scenarios": ["benign"]}],
+        "synthetic_world": {"borderline_objects": 6, "n_eval": 40},
+        "train": {"learning_rate": QUICK_TRAIN.learning_rate},
+        "methods": {"pact": {"lam": 0.1, "mass_weight": 1, "temperature": 2.0}}})
+    results["bench"]["changed_settings"] = changed_settings(config)
+    assert ("`world`: n_eval = 40; `pact`: lam = 0.1, mass_weight = 1.0."
+            in render_bench_markdown(results))
+    del results["bench"]["changed_settings"]  # results from before it: the overrides as given
     results["bench"]["config"].update(methods={"pact": {"lam": 0.1, "mass_weight": 1.0}},
                                       synthetic_world={"borderline_objects": 6})
-    report = render_bench_markdown(results)
     assert ("`world`: borderline_objects = 6; `pact`: lam = 0.1, mass_weight = 1.0."
-            in report)
+            in render_bench_markdown(results))
 
 
 def test_a_rerun_skips_finished_cells_and_reruns_a_missing_one(bench_out):

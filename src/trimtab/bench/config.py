@@ -194,6 +194,29 @@ def method_config(config: BenchConfig, name: str) -> Any | None:
                                source=f"bench config `methods.{name}`")
 
 
+def changed_settings(config: BenchConfig) -> dict[str, dict[str, Any]]:
+    """What the grid changes from the shipped world, the demo's fine-tuning and each method's
+    defaults, by part (`world`, `train`, method names): the settings the report must name.
+    A setting written out with its default value changes nothing and is left out."""
+    from trimtab.demo import DEMO_TRAIN, QUICK_TRAIN, world_configs
+    from trimtab.objectives.registry import METHODS
+    from trimtab.recovery import SYNTHETIC_POSTHOC
+
+    def changed(keys: Any, built: Any, default: Any) -> dict[str, Any]:
+        now, before = config_to_dict(built), config_to_dict(default)
+        return {k: now[k] for k in keys if now[k] != before[k]}
+
+    parts = {"world": changed(config.synthetic_world, world_config(config),
+                              world_configs(config.quick)[0]),
+             "train": changed(config.train, train_config(config),
+                              QUICK_TRAIN if config.quick else DEMO_TRAIN)}
+    for name, overrides in config.methods.items():
+        default = (SYNTHETIC_POSTHOC[name] if name in SYNTHETIC_POSTHOC
+                   else METHODS[name].config_class())
+        parts[name] = changed(overrides, method_config(config, name), default)
+    return {part: values for part, values in parts.items() if values}
+
+
 def objective_config(config: BenchConfig, objective: str) -> Any | None:
     """What `build_objective` takes: one config, or one per part of a composed method."""
     parts = objective.split("+")

@@ -47,7 +47,7 @@ def render_bench_markdown(results: Mapping[str, Any]) -> str:
         " min (fine-tuning, post-hoc step and evaluation of each cell, each in its own process).",
         "",
         *_invocations(bench.get("invocations") or []),
-        *_overrides(bench.get("config") or {}),
+        *_overrides(bench),
         "## Headline",
         *_targets(results, rows),
         "",
@@ -73,14 +73,17 @@ def _invocations(log: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _overrides(config: Mapping[str, Any]) -> list[str]:
+def _overrides(bench: Mapping[str, Any]) -> list[str]:
     """What the bench config changes from the shipped world, the demo's fine-tuning and the
     methods' defaults: a `pact` row that is not default pact must say so."""
-    parts = [(f"`{name}`", config.get(key) or {}) for name, key in
-             (("world", "synthetic_world"), ("train", "train"))]
-    parts += [(f"`{method}`", values) for method, values in (config.get("methods") or {}).items()]
-    shown = [f"{name}: " + ", ".join(f"{k} = {json.dumps(v, ensure_ascii=False)}"
-                                     for k, v in values.items())
+    if "changed_settings" in bench:
+        parts = list(bench["changed_settings"].items())
+    else:  # results written before `changed_settings`: the overrides as the config gave them
+        config = bench.get("config") or {}
+        parts = [("world", config.get("synthetic_world") or {}),
+                 ("train", config.get("train") or {}), *(config.get("methods") or {}).items()]
+    shown = [f"`{name}`: " + ", ".join(f"{k} = {json.dumps(v, ensure_ascii=False)}"
+                                       for k, v in values.items())
              for name, values in parts if values]
     if not shown:
         return []

@@ -27,6 +27,7 @@ from trimtab.bench.config import (
     BenchConfig,
     cell_settings,
     cells,
+    changed_settings,
     fingerprint,
     method_config,
     objective_config,
@@ -308,6 +309,7 @@ def _results(config: BenchConfig, world: Any, refs: Any, out: Path, runs: list[d
         "bench": {
             "command": command,
             "config": {**config_to_dict(config), "blocks": None},
+            "changed_settings": changed_settings(config),
             "cells": len(runs),
             "workers": workers,
             "cell_seconds_total": round(sum(r.get("cell_seconds", 0.0) for r in runs), 1),

@@ -165,6 +165,10 @@ def test_dataclass_commands_take_their_own_flags_from_the_yaml_too(capsys, tmp_p
     assert main(["recover", "--config", str(config)]) == 2  # --finetuned is not missing
     err = capsys.readouterr().err
     assert f"Unknown key 'stepz' in {config}. Did you mean 'steps'?" in err
+    assert "finetuned" in err.split("allowed keys:")[1]  # the command's own flags are allowed
+    config.write_text(f"finetune: /nowhere\noutput_dir: {tmp_path / 'r'}\n")
+    assert main(["recover", "--config", str(config), "--finetuned", "x"]) == 2
+    assert "Unknown key 'finetune'" in capsys.readouterr().err
     config.write_text("model_path: /nowhere\n")
     assert main(["safety-tokens", "--config", str(config), "--aligned", "x", "--out", "y"]) == 2
     assert "Unknown key 'model_path'" in capsys.readouterr().err

@@ -389,23 +389,27 @@ def _from_mapping(
     mapping: Mapping[Any, Any],
     origin_of: Callable[[Any], str],
     missing_hint: Callable[[str], str],
+    also_allowed: tuple[str, ...] = (),
 ) -> T:
-    """Validate `mapping` against `cls`, collecting every problem into one error."""
+    """Validate `mapping` against `cls`, collecting every problem into one error.
+    `also_allowed`: keys the same file may hold for the command itself (its path flags),
+    named in the unknown-key message."""
     fields = _init_fields(cls)
     types_ = _field_types(cls)
     by_name = {f.name: f for f in fields}
     names = list(by_name)
+    allowed = names + [name for name in also_allowed if name not in by_name]
     problems: list[str] = []
     values: dict[str, Any] = {}
 
     for key, raw in mapping.items():
         if not isinstance(key, str) or key not in by_name:
             where = origin_of(key)
-            guess = _suggest(key, names) if isinstance(key, str) else ""
+            guess = _suggest(key, allowed) if isinstance(key, str) else ""
             hint = f" Did you mean {guess!r}?" if guess else ""
             problems.append(
                 f"Unknown key {key!r} in {where}.{hint} Rename or remove it; "
-                f"allowed keys: {_allowed_keys_text(names)}."
+                f"allowed keys: {_allowed_keys_text(allowed)}."
             )
             continue
         f = by_name[key]
@@ -795,9 +799,16 @@ def without_command_flags(mapping: Mapping[Any, Any], cls: type,
     folders, --output-dir): `apply_yaml_defaults` applies those. Unknown keys stay, for
     `build_config` to report."""
     fields = {f.name for f in _init_fields(cls)}
-    flags = set(vars(args) if args is not None else ()) - {"func", "command", "argv", "config"}
+    flags = set(_command_flags(args))
     return {k: v for k, v in mapping.items()
             if k in fields or str(k).replace("-", "_") not in flags}
+
+
+def _command_flags(args: argparse.Namespace | None) -> tuple[str, ...]:
+    """The destinations of a parsed command's flags (with its dataclass flags that were given;
+    callers drop the dataclass's own fields)."""
+    internal = {"func", "command", "argv", "config"}
+    return tuple(sorted(set(vars(args)) - internal)) if args is not None else ()
 
 
 def build_config(
@@ -847,6 +858,7 @@ def build_config(
         merged,
         origin_of=lambda key: origins.get(key, "config"),
         missing_hint=missing_hint,
+        also_allowed=_command_flags(args),
     )
 
 

@@ -12,7 +12,9 @@
 - `hf:PATH`: a Hugging Face sequence-classification model (`aligned_label=`, `pair=`, ...);
 - `guard:PATH`: a guard model answering safe/unsafe (`rubric=binary|scale`, `chat_format=`);
 - `http:BASE_URL`: an OpenAI-compatible chat-completions judge (`model=`, `api_key_env=`,
-  `rubric=`, `timeout=`, `max_retries=`, `total_timeout=`, `cache_dir=`, ...).
+  `rubric=`, `timeout=`, `max_retries=`, `total_timeout=`, `cache_dir=`, ...);
+- `embedding:DIR`: harm from the MiniLM prompt-risk and response classifiers saved in DIR
+  (`benchmarks/real_judges.py`): P(harmful request) x P(compliance).
 
 Options are the fields of each signal's config dataclass (`KeywordConfig`, `ClassifierConfig`,
 `HFSignalConfig`, `GuardConfig`, `HTTPJudgeConfig`); list values are separated by `|`.
@@ -31,9 +33,9 @@ from trimtab.signals.base import REASONS, UNSCORED, AlignmentSignal, Verdict, ch
 __all__ = ["REASONS", "SIGNAL_KINDS", "UNSCORED", "AlignmentSignal", "Verdict", "build_signal",
            "check_verdicts", "parse_spec"]
 
-SIGNAL_KINDS = ("keywords", "oracle", "classifier", "hf", "guard", "http")
+SIGNAL_KINDS = ("keywords", "oracle", "classifier", "hf", "guard", "http", "embedding")
 _SPEC_HELP = ("keywords, oracle, classifier, classifier:PATH, hf:PATH, guard:PATH, "
-              "http:BASE_URL (options as ,key=value)")
+              "http:BASE_URL, embedding:DIR (options as ,key=value)")
 
 
 def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
@@ -146,6 +148,13 @@ def build_signal(spec: str, context: Any | None = None) -> AlignmentSignal:
     if arg is None:
         what = "BASE_URL" if kind == "http" else "PATH"
         raise TrimtabError(f"the `{kind}` signal needs a {what}: write {kind}:{what}.")
+    if kind == "embedding":
+        from trimtab.signals.embedding import EmbeddingSignal
+
+        if options:
+            raise TrimtabError(f"signal spec {spec!r}: `embedding:DIR` takes no options; its "
+                               "classifiers were fixed when they were trained.")
+        return EmbeddingSignal(arg)
     if kind == "hf":
         from trimtab.signals.hf import HFClassifierSignal, HFSignalConfig
 

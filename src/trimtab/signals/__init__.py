@@ -13,8 +13,8 @@
 - `guard:PATH`: a guard model answering safe/unsafe (`rubric=binary|scale`, `chat_format=`);
 - `http:BASE_URL`: an OpenAI-compatible chat-completions judge (`model=`, `api_key_env=`,
   `rubric=`, `timeout=`, `max_retries=`, `total_timeout=`, `cache_dir=`, ...);
-- `embedding:DIR`: harm from the MiniLM prompt-risk and response classifiers saved in DIR
-  (`benchmarks/real_judges.py`): P(harmful request) x P(compliance).
+- `embedding:DIR`: the MiniLM prompt-risk and response classifiers saved in DIR
+  (`benchmarks/real_judges.py`): answering a harmful request or refusing a benign one.
 
 Options are the fields of each signal's config dataclass (`KeywordConfig`, `ClassifierConfig`,
 `HFSignalConfig`, `GuardConfig`, `HTTPJudgeConfig`); list values are separated by `|`.

@@ -94,6 +94,11 @@ class RealBenchConfig:
     seeds: list[int] = option([0], "seeds of each fine-tuning")
     benign_sft: bool = option(True, "also run sft at fraction 0 (does benign tuning drift?)")
     n_probe: int = option(300, "prompts per class for the risk-kl probe", min=2)
+    gated_signal: str = option("classifier", "gated's training signal: the bag-of-words "
+                                             "classifier fitted here, or the MiniLM harm "
+                                             "judge (embedding:, built by "
+                                             "benchmarks/real_judges.py)",
+                               choices=("classifier", "minilm"))
     align_train: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -296,11 +301,26 @@ def training_signals(aligned: Path, shipped: Path, data: RealData, c: RealBenchC
     return {**info, **{k: str(v) for k, v in paths.items()}}
 
 
+def minilm_judges() -> Path:
+    """The folder of the MiniLM prompt-risk and response classifiers (`embedding:` signal)."""
+    from trimtab.cache import artifacts_root
+    from trimtab.signals.embedding import PROMPT_RISK, RESPONSE_JUDGE
+
+    folder = artifacts_root() / "embedding"
+    if not all((folder / name).is_file() for name in (PROMPT_RISK, RESPONSE_JUDGE)):
+        raise SystemExit(f"gated_signal: minilm needs the MiniLM judges in {folder}; run "
+                         "`python benchmarks/real_judges.py` first (about 4-13 min on a CPU).")
+    return folder
+
+
 def method_config(method: str, c: RealBenchConfig, signals: dict[str, Any]) -> Any:
     """The method's config from the YAML, with the real world's signals filled in."""
+    gated_signal = f"classifier:{signals['classifier_dir']}"
+    if c.gated_signal == "minilm":
+        gated_signal = f"embedding:{minilm_judges()}"
     defaults = {"pact": {"token_file": signals["tokens_file"]},
                 "risk-kl": {"risk_source": "probe", "probe_path": signals["probe_file"]},
-                "gated": {"signal": f"classifier:{signals['classifier_dir']}",
+                "gated": {"signal": gated_signal,
                           "refusal_texts": [REFUSAL], "abstention_texts": [ABSTENTION]}}
     configs = {}
     for part in method.split("+"):
@@ -422,8 +442,11 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", "## Training signals (fitted on training data only)", "",
               f"- safety tokens (top 20, weight): {results['signals']['safety_tokens']}",
               f"- probe: {results['signals']['probe']}",
-              f"- response classifier: {results['signals']['classifier']}", "",
-              f"Aligned reference: {results['alignment']}", ""]
+              f"- response classifier: {results['signals']['classifier']}",
+              "- gated trains on: " + ("the response classifier" if results["config"].get(
+                  "gated_signal", "classifier") == "classifier" else "the MiniLM judges "
+                  "(`embedding:`, benchmarks/real_judges.py), not the response classifier"),
+              "", f"Aligned reference: {results['alignment']}", ""]
     return "\n".join(lines)
 
 

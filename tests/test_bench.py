@@ -70,8 +70,8 @@ def test_the_report_names_settings_that_override_the_defaults(bench_out):
     config = parse_bench_config({
         **GRID, "grid": [{"methods": ["sft", "pact"], "scenarios": ["benign"]}],
         "synthetic_world": {"borderline_objects": 6, "n_eval": 40},
-        "train": {"learning_rate": QUICK_TRAIN.learning_rate},
-        "methods": {"pact": {"lam": 0.1, "mass_weight": 1, "temperature": 2.0}}})
+        "train": {"learning_rate": QUICK_TRAIN.learning_rate, "progress": False},
+        "methods": {"pact": {"lam": 0.1, "mass_weight": 1, "temperature": 2.0}, "sft": {}}})
     results["bench"]["changed_settings"] = changed_settings(config)
     assert ("`world`: n_eval = 40; `pact`: lam = 0.1, mass_weight = 1.0."
             in render_bench_markdown(results))

@@ -203,13 +203,15 @@ def changed_settings(config: BenchConfig) -> dict[str, dict[str, Any]]:
     from trimtab.recovery import SYNTHETIC_POSTHOC
 
     def changed(keys: Any, built: Any, default: Any) -> dict[str, Any]:
+        if not keys:  # `methods: {pact: {}}` builds no config
+            return {}
         now, before = config_to_dict(built), config_to_dict(default)
         return {k: now[k] for k in keys if now[k] != before[k]}
 
+    train_default = replace(QUICK_TRAIN if config.quick else DEMO_TRAIN, progress=False)
     parts = {"world": changed(config.synthetic_world, world_config(config),
                               world_configs(config.quick)[0]),
-             "train": changed(config.train, train_config(config),
-                              QUICK_TRAIN if config.quick else DEMO_TRAIN)}
+             "train": changed(config.train, train_config(config), train_default)}
     for name, overrides in config.methods.items():
         default = (SYNTHETIC_POSTHOC[name] if name in SYNTHETIC_POSTHOC
                    else METHODS[name].config_class())

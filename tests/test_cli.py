@@ -172,6 +172,13 @@ def test_dataclass_commands_take_their_own_flags_from_the_yaml_too(capsys, tmp_p
     config.write_text("model_path: /nowhere\n")
     assert main(["safety-tokens", "--config", str(config), "--aligned", "x", "--out", "y"]) == 2
     assert "Unknown key 'model_path'" in capsys.readouterr().err
+    # keys that are neither an option nor one of the command's own flags are never dropped
+    for text, key in (("probe_command: zzz\n", "probe_command"), ("max-per-class: 5\n",
+                                                                  "max-per-class")):
+        config.write_text(text)
+        assert main(["probe", "train", "--config", str(config), "--world", "synthetic",
+                     "--out", str(tmp_path / "p.safetensors"), "--max-per-class", "5"]) == 2
+        assert f"Unknown key '{key}'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, message", [

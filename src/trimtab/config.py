@@ -793,22 +793,21 @@ def add_dataclass_arguments(
     return container
 
 
-def without_command_flags(mapping: Mapping[Any, Any], cls: type,
+#: Namespace attribute where `apply_yaml_defaults` records a dataclass-backed command's own
+#: flags (the ones it took from the YAML), for `build_config` to leave out of the options.
+OWN_FLAGS = "_yaml_own_flags"
+
+
+def without_command_flags(mapping: Mapping[Any, Any],
                           args: argparse.Namespace | None) -> dict[Any, Any]:
-    """A command's YAML less the keys that are its own flags rather than `cls` fields (model
-    folders, --output-dir): `apply_yaml_defaults` applies those. Unknown keys stay, for
-    `build_config` to report."""
-    fields = {f.name for f in _init_fields(cls)}
-    flags = set(_command_flags(args))
-    return {k: v for k, v in mapping.items()
-            if k in fields or str(k).replace("-", "_") not in flags}
+    """A command's YAML less the keys that `apply_yaml_defaults` applied as the command's own
+    flags (model folders, --output-dir). Every other key stays, for `build_config` to check."""
+    own = set(_command_flags(args))
+    return {k: v for k, v in mapping.items() if str(k).replace("-", "_") not in own}
 
 
 def _command_flags(args: argparse.Namespace | None) -> tuple[str, ...]:
-    """The destinations of a parsed command's flags (with its dataclass flags that were given;
-    callers drop the dataclass's own fields)."""
-    internal = {"func", "command", "argv", "config"}
-    return tuple(sorted(set(vars(args)) - internal)) if args is not None else ()
+    return tuple(getattr(args, OWN_FLAGS, ())) if args is not None else ()
 
 
 def build_config(
@@ -832,8 +831,7 @@ def build_config(
     merged: dict[Any, Any] = {}
     origins: dict[Any, str] = {}
     if yaml_path is not None:
-        for key, value in without_command_flags(read_yaml_mapping(yaml_path), cls,
-                                                args).items():
+        for key, value in without_command_flags(read_yaml_mapping(yaml_path), args).items():
             merged[key] = value
             origins[key] = str(yaml_path)
     if overrides is not None:
@@ -983,6 +981,7 @@ def apply_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> Non
         own = {a.dest for a in sub._actions if a.option_strings} - fields - {"help", "config"}
         set_yaml_defaults(sub, {k: v for k, v in read_yaml_mapping(path).items()
                                 if str(k).replace("-", "_") in own}, path)
+        sub.set_defaults(**{OWN_FLAGS: tuple(sorted(own))})
 
 
 def set_yaml_defaults(sub: argparse.ArgumentParser, mapping: Mapping[Any, Any],

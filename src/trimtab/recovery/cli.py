@@ -93,7 +93,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         default = config_to_dict(RecoverConfig())
         preset = {k: v for k, v in config_to_dict(SYNTHETIC_RECOVER).items() if default[k] != v}
     if args.config:
-        preset.update(without_command_flags(read_yaml_mapping(args.config), RecoverConfig, args))
+        preset.update(without_command_flags(read_yaml_mapping(args.config), args))
     config = build_config(RecoverConfig, args=args, overrides=preset,  # bad keys: the YAML's
                           overrides_origin=str(args.config or "the synthetic preset"))
     files = (args.harmful_prompts, args.task_eval)

@@ -25,10 +25,15 @@ from pathlib import Path
 import torch
 from common import DATA, machine
 
-from trimtab.cache import artifacts_root
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.probe import auroc
-from trimtab.signals.embedding import EmbeddingClassifier, SentenceEncoder
+from trimtab.signals.embedding import (
+    PROMPT_RISK,
+    RESPONSE_JUDGE,
+    EmbeddingClassifier,
+    SentenceEncoder,
+    judges_dir,
+)
 from trimtab.worlds.real import load_source
 
 ALARMING = re.compile(r"\b(kill\w*|attack\w*|bomb\w*|explo\w+|shoot\w*|gun\w*|weapon\w*|"
@@ -70,14 +75,14 @@ def main() -> None:
     started = time.perf_counter()
     rng = random.Random(0)
     encoder = SentenceEncoder()
-    folder = artifacts_root() / "embedding"
+    folder = judges_dir()
 
     refusals = ([r.response for r in load_source("refusals", DATA)]
                 + [r.response for r in load_source("safety-tuned-llamas", DATA)][:1000])
     compliance = [r.response for r in load_source("beavertails-qa", DATA)]
     response_clf, response_report, _ = fit_and_test(encoder, refusals, compliance,
                                                     ("refusal", "compliance"), rng)
-    response_clf.save(folder / "response-judge.safetensors")
+    response_clf.save(folder / RESPONSE_JUDGE)
 
     harmful = ([r.prompt for r in load_source("advbench", DATA)][:-100]
                + [r.prompt for r in load_source("beavertails-eval", DATA)]
@@ -87,7 +92,7 @@ def main() -> None:
     benign = [p for p in alpaca if not ALARMING.search(p)][: args.n_benign]
     risk_clf, risk_report, _ = fit_and_test(encoder, harmful, benign, ("harmful", "benign"),
                                             rng)
-    risk_clf.save(folder / "prompt-risk.safetensors")
+    risk_clf.save(folder / PROMPT_RISK)
     p_alarming = risk_clf.probabilities(encoder.encode(alarming))
     risk_report["alarming_benign"] = {
         "n": len(alarming), "false_positive_rate": round(float((p_alarming > 0.5).float()
@@ -104,8 +109,8 @@ def main() -> None:
         "prompt_risk": {"classes": "harmful (AdvBench except its last 100, BeaverTails eval, "
                                    "PACT inputs) vs benign (Alpaca without alarming words)",
                         **risk_report},
-        "saved": [str(folder / "response-judge.safetensors"),
-                  str(folder / "prompt-risk.safetensors")],
+        "saved": [str(folder / RESPONSE_JUDGE),
+                  str(folder / PROMPT_RISK)],
         "seconds": round(time.perf_counter() - started, 1), "machine": machine(),
         "command": "python benchmarks/real_judges.py",
     }

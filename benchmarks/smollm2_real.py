@@ -303,13 +303,12 @@ def training_signals(aligned: Path, shipped: Path, data: RealData, c: RealBenchC
 
 def minilm_judges() -> Path:
     """The folder of the MiniLM prompt-risk and response classifiers (`embedding:` signal)."""
-    from trimtab.cache import artifacts_root
-    from trimtab.signals.embedding import PROMPT_RISK, RESPONSE_JUDGE
+    from trimtab.signals.embedding import PROMPT_RISK, RESPONSE_JUDGE, judges_dir
 
-    folder = artifacts_root() / "embedding"
+    folder = judges_dir()
     if not all((folder / name).is_file() for name in (PROMPT_RISK, RESPONSE_JUDGE)):
         raise SystemExit(f"gated_signal: minilm needs the MiniLM judges in {folder}; run "
-                         "`python benchmarks/real_judges.py` first (about 4-13 min on a CPU).")
+                         "`python benchmarks/real_judges.py` first (about 4 min on a 2-core CPU).")
     return folder
 
 
@@ -512,7 +511,8 @@ def main() -> None:
     if args.cut_answers:
         result = {"command": f"python benchmarks/smollm2_real.py --config {args.config} "
                              "--cut-answers", "machine": machine(),
-                  **cut_answers(c, out, real_data(c, folder))}
+                  **cut_answers(c, out, real_data(c, folder)),
+                  "seconds": round(time.perf_counter() - STARTED, 1)}
         write_json_atomic(out / "cut_answers.json", result)
         print(json.dumps(result["classifiers"], indent=1))
         return
@@ -601,10 +601,14 @@ def _minilm_cut_scores(cuts: dict[int | None, list[str]], refused: list[bool]
                        ) -> dict[str, Any]:
     """The same cut answers scored by the MiniLM response judge (P(refusal), on the response
     alone: fit for these harmful requests only), when `benchmarks/real_judges.py` built it."""
-    from trimtab.cache import artifacts_root
-    from trimtab.signals.embedding import EmbeddingClassifier, SentenceEncoder
+    from trimtab.signals.embedding import (
+        RESPONSE_JUDGE,
+        EmbeddingClassifier,
+        SentenceEncoder,
+        judges_dir,
+    )
 
-    path = artifacts_root() / "embedding" / "response-judge.safetensors"
+    path = judges_dir() / RESPONSE_JUDGE
     if not path.is_file():
         return {"skipped": f"not built: run `python benchmarks/real_judges.py` first ({path})"}
     judge, encoder = EmbeddingClassifier.load(path), SentenceEncoder()

@@ -138,6 +138,13 @@ class EmbeddingClassifier:
 RESPONSE_JUDGE, PROMPT_RISK = "response-judge.safetensors", "prompt-risk.safetensors"
 
 
+def judges_dir() -> Path:
+    """Where `benchmarks/real_judges.py` saves the two judges: `embedding:` + this folder."""
+    from trimtab.cache import artifacts_root
+
+    return artifacts_root() / "embedding"
+
+
 class EmbeddingSignal(AlignmentSignal):
     """`embedding:DIR`: the MiniLM prompt-risk and response classifiers in DIR (as
     `benchmarks/real_judges.py` saves them) judge a pair misaligned when it answers a harmful

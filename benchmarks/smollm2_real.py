@@ -54,6 +54,7 @@ from trimtab.evaluation.results import write_json_atomic, write_text_atomic
 from trimtab.models import MODELS, prepare
 from trimtab.objectives.registry import build_objective, get_method
 from trimtab.pipeline import split_method
+from trimtab.probe import auroc
 from trimtab.signals import build_signal
 from trimtab.training.config import TrainConfig
 from trimtab.training.run import compute_device, finetune, load_model, load_tokenizer, save_model
@@ -629,7 +630,7 @@ def _separation(scores: list[float], refused: list[bool]) -> dict[str, float]:
                                                               groups["refusal"]), 3),
             "compliances_scored_misaligned": round(statistics.fmean(s < 0.5 for s in
                                                                    groups["compliance"]), 3),
-            "auroc": round(_auroc(groups["refusal"], groups["compliance"]), 3)}
+            "auroc": round(auroc(scores, refused), 3)}  # refusals the positive class
 
 
 def _cut_scores(classifier: Any, prompts: list[str], cuts: dict[int | None, list[str]],
@@ -648,12 +649,6 @@ def _cut_scores(classifier: Any, prompts: list[str], cuts: dict[int | None, list
                        "share_below_0.5": round(statistics.fmean(s < 0.5 for s in scores), 3)}
     return {"info": classifier.info, "by_length": by_length,
             "fixed_texts_on_training_requests": {"requests": len(train_prompts), **fixed}}
-
-
-def _auroc(positive: list[float], negative: list[float]) -> float:
-    """P(a refusal scores above a compliance), ties counted half."""
-    wins = sum((p > q) + 0.5 * (p == q) for p in positive for q in negative)
-    return wins / (len(positive) * len(negative))
 
 
 def report_from_files(args: argparse.Namespace, c: RealBenchConfig, out: Path,

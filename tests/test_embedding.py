@@ -111,3 +111,22 @@ def test_the_embedding_signal_judges_harm_from_the_request_and_the_answer(encode
     shutil.copy(tmp_path / PROMPT_RISK, tmp_path / RESPONSE_JUDGE)  # the wrong judge
     with pytest.raises(TrimtabError, match="must score refusal"):
         build_signal(f"embedding:{tmp_path}")
+
+
+@needs_minilm
+def test_judges_fitted_on_another_encoder_are_refused(encoder, tmp_path):
+    from trimtab.signals import build_signal
+    from trimtab.signals.embedding import PROMPT_RISK, RESPONSE_JUDGE
+
+    y = torch.tensor([1] * 6 + [0] * 6)
+    x = encoder.encode(REFUSALS + ANSWERS)
+    EmbeddingClassifier.fit(x, y, positive="refusal", negative="compliance",
+                            encoder=encoder.name).save(tmp_path / RESPONSE_JUDGE)
+    EmbeddingClassifier.fit(x, y, positive="harmful", negative="benign",
+                            encoder="other-encoder").save(tmp_path / PROMPT_RISK)
+    with pytest.raises(TrimtabError, match="prompt-risk.*'other-encoder'.*refit"):
+        build_signal(f"embedding:{tmp_path}")
+    EmbeddingClassifier.fit(x[:, :128], y, positive="harmful", negative="benign",
+                            encoder=encoder.name).save(tmp_path / PROMPT_RISK)
+    with pytest.raises(TrimtabError, match=r"\(128 wide\).*\(384 wide\)"):
+        build_signal(f"embedding:{tmp_path}")

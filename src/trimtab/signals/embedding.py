@@ -95,6 +95,17 @@ class EmbeddingClassifier:
         return cls(fit_logistic(x, y, l2, max_iter), positive, negative, encoder,
                    {"n_train": len(y), "n_positive": int(y.sum())})
 
+    def check_encoder(self, encoder: SentenceEncoder, where: str | Path) -> None:
+        """A classifier fitted on one encoder's embeddings means nothing on another's, and
+        a different width would only fail later as a shape error deep in a matrix product."""
+        width = self.tensors["weight"].shape[-1]
+        hidden = encoder.model.config.hidden_size
+        if self.encoder != encoder.name or width != hidden:
+            raise TrimtabError(
+                f"{where} was fitted on {self.encoder!r} embeddings ({width} wide) but the "
+                f"encoder loaded is {encoder.name!r} ({hidden} wide); load the encoder it was "
+                "fitted on, or refit it with `python benchmarks/real_judges.py`.")
+
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         from trimtab.probe import logistic_probabilities
 
@@ -168,6 +179,8 @@ class EmbeddingSignal(AlignmentSignal):
                                f"{PROMPT_RISK} harmful requests (as benchmarks/real_judges.py "
                                "writes them).")
         self.encoder = SentenceEncoder(encoder)
+        self.response_judge.check_encoder(self.encoder, folder / RESPONSE_JUDGE)
+        self.prompt_risk.check_encoder(self.encoder, folder / PROMPT_RISK)
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         risk = self.prompt_risk.probabilities(self.encoder.encode(prompts))

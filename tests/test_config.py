@@ -27,6 +27,7 @@ from trimtab.config import (
     format_config_table,
     load_yaml_config,
     option,
+    set_yaml_defaults,
 )
 from trimtab.errors import TrimtabError
 
@@ -476,3 +477,15 @@ def test_format_config_table_is_aligned() -> None:
     help_col = lines[0].index("help")
     assert all(line[help_col - 2 : help_col] == "  " for line in lines)
     assert len(format_config_table(Demo).splitlines()) == len(dataclasses.fields(Demo)) + 2
+
+
+def test_a_repeatable_flag_replaces_its_yaml_values_rather_than_adding_to_them():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--field", action="append", default=[])
+    set_yaml_defaults(parser, {"field": ["prompt=goal", "response=target"]}, "c.yaml")
+    assert parser.parse_args([]).field == ["prompt=goal", "response=target"]
+    assert parser.parse_args(["--field", "prompt=q", "--field", "response=a"]).field == [
+        "prompt=q", "response=a"]
+    assert parser.parse_args(["--field=prompt=q"]).field == ["prompt=q"]
+    set_yaml_defaults(parser, {"field": "prompt=goal"}, "c.yaml")  # a single value
+    assert parser.parse_args([]).field == ["prompt=goal"]

@@ -984,6 +984,22 @@ def apply_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> Non
         sub.set_defaults(**{OWN_FLAGS: tuple(sorted(own))})
 
 
+class _FromYaml(list):
+    """A repeatable flag's values as the YAML gave them (see `_AppendReplacingYaml`)."""
+
+
+class _AppendReplacingYaml(argparse._AppendAction):
+    """`action="append"` whose first flag on the command line drops the YAML's values, so
+    `--field prompt=question` replaces a YAML `field: [prompt=goal]` rather than adding a
+    second mapping of the same field."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if isinstance(getattr(namespace, self.dest, None), _FromYaml):
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def set_yaml_defaults(sub: argparse.ArgumentParser, mapping: Mapping[Any, Any],
                       path: str | PurePath) -> None:
     """Flag values from a YAML `mapping` become `sub`'s defaults (flags still win), each
@@ -1008,8 +1024,10 @@ def set_yaml_defaults(sub: argparse.ArgumentParser, mapping: Mapping[Any, Any],
         if action.choices is not None and value not in action.choices:
             raise TrimtabError(f"{path}: {key}: {value!r} is not one of "
                                f"{', '.join(map(str, action.choices))}.")
-        if isinstance(action, argparse._AppendAction) and not isinstance(value, list):
-            value = [value]
+        if isinstance(action, argparse._AppendAction):
+            # argparse appends flags to a list default; a flag should replace it instead
+            value = _FromYaml(value if isinstance(value, list) else [value])
+            action.__class__ = _AppendReplacingYaml
         action.required = False
         values[dest] = value
     sub.set_defaults(**values)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
@@ -79,14 +79,37 @@ def test_lora_reference_is_the_disabled_adapter_not_a_copy(tiny_model, monkeypat
     assert hasattr(result.model, "disable_adapter")
 
 
+def test_lora_with_another_reference_loads_that_reference(tiny_model, tmp_path, monkeypatch):
+    """Unsafe initialisation under LoRA: start from one model, stay close to another. The
+    disabled adapter would be the starting model, so the named reference is loaded."""
+    import trimtab.training.run as run
+
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = LlamaForCausalLM(start.config)
+    save_model(model, run.load_tokenizer(tiny_model), other)
+    made = []
+    original = run.Reference
+    monkeypatch.setattr(run, "Reference", lambda *a: made.append(original(*a)) or made[-1])
+    config = TrainConfig(max_steps=1, per_device_train_batch_size=4, progress=False,
+                         lora=True, lora_r=4)
+    finetune(tiny_model, RECORDS, get_method("kl")(), config, reference_path=other)
+    frozen = made[0].frozen
+    assert frozen is not None and not any(p.requires_grad for p in frozen.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.state_dict().items())
+    made.clear()  # the same path spelled another way still shares the weights
+    finetune(tiny_model, RECORDS, get_method("kl")(), config,
+             reference_path=Path(str(tiny_model) + "/."))
+    assert made[0].shares_weights
+
+
 def test_full_finetuning_reference_stays_frozen_while_the_policy_moves(tiny_model, monkeypatch):
     import trimtab.training.run as run
 
     made = []
     original = run.Reference
     monkeypatch.setattr(run, "Reference", lambda *a: made.append(original(*a)) or made[-1])
-    from transformers import AutoModelForCausalLM
-
     start = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     result = _train(tiny_model)
     frozen = made[0].frozen

@@ -191,8 +191,8 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="objective to train with (`trimtab methods`)")
     p.add_argument("--model", help="HF folder or hub name to start from (default with --world "
                                    "synthetic: its aligned reference)")
-    p.add_argument("--reference", help="frozen reference model (default: --model); ignored "
-                                       "with --lora, where the adapter is disabled instead")
+    p.add_argument("--reference", help="frozen reference model (default: --model; with "
+                                       "--lora, the adapter disabled, no second copy)")
     p.add_argument("--data", help="training data: .jsonl, .json, .csv or .tsv, a local path or "
                                   "a Hub file hf://datasets/OWNER/NAME/FILE")
     p.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",

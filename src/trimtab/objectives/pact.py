@@ -155,10 +155,8 @@ class PACTObjective(Objective):
                           f"{self.config.cache_max_mb:g}); using a reference forward per step.",
                           stacklevel=2)
             return
-        # With LoRA the trainer's reference is the starting model with the adapter disabled.
-        path = context.model_path if train.lora else context.reference_path
         # each process of a multi-GPU launch builds the (small) cache on its own GPU
-        model = load_model(path, train, frozen=True).to(compute_device())
+        model = load_model(context.reference_path, train, frozen=True).to(compute_device())
         self._cache = reference_token_logits(model, features, len(context.records),
                                              context.tokenizer.pad_token_id, self._ids,
                                              2 * train.per_device_train_batch_size,

@@ -36,7 +36,8 @@ class TrainConfig(CheckedConfig):
                               choices=("error", "truncate", "drop"))
     # --- model
     lora: bool = option(False, "train a LoRA adapter instead of all weights (reference = "
-                               "adapter disabled, no second copy)")
+                               "adapter disabled, no second copy, unless another "
+                               "reference is given)")
     lora_r: int = option(16, "LoRA rank", min=1)
     lora_alpha: int = option(32, "LoRA scaling numerator", min=1)
     lora_dropout: float = option(0.0, "dropout inside LoRA layers", min=0.0, max=1.0)

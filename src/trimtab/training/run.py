@@ -127,6 +127,14 @@ def apply_lora(model: Any, config: TrainConfig) -> Any:
     return get_peft_model(model, lora)
 
 
+def same_model(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two model paths (or hub names) name the same weights."""
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return str(a) == str(b)
+
+
 def finetune(
     model_path: str | os.PathLike,
     records: Sequence[Record],
@@ -142,8 +150,9 @@ def finetune(
 ) -> FinetuneResult:
     """Train `model_path` (or an already loaded `model`) on `records` with `objective`.
 
-    The reference, when the objective needs one, is the PEFT adapter disabled under LoRA,
-    else a frozen copy loaded from `reference_path` (default: the starting model).
+    The reference, when the objective needs one, is a frozen copy loaded from
+    `reference_path` (default: the starting model); under LoRA with no other reference it is
+    the policy with its adapter disabled, the same weights without a second copy.
     `base_path` and `world` reach the objective's `setup` (see `TrainingContext`).
     With `output_dir` and `config.save_steps`, checkpoints go to `OUTPUT_DIR.checkpoints`;
     a killed run started again with the same arguments continues from the newest complete
@@ -179,8 +188,8 @@ def finetune(
         model = apply_lora(model, config)
     reference = None
     if objective.needs_reference:
-        if config.lora:
-            reference = Reference(model)
+        if config.lora and same_model(reference_path or model_path, model_path):
+            reference = Reference(model)  # the adapter disabled: no second copy
         else:
             frozen = load_model(reference_path or model_path, config, frozen=True)
             reference = Reference(model, frozen)

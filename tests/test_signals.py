@@ -91,6 +91,11 @@ def test_keywords_use_the_published_lists_and_are_configurable():
     custom = build_signal("keywords,prefixes=nope|no way,anywhere=false")
     assert custom.score(["x", "x", "x"], ["Nope.", "well, no way", "I'm sorry"]) == [1.0, 0.0,
                                                                                      0.0]
+    # whole words only: a phrase inside other words is not a refusal
+    assert signal.score(["x"] * 4, ["The mixture has an odor.", "It was unethically sourced.",
+                                    "Mix it as any chemist would.", "Sorry! I can't."]) == [
+        0.0, 0.0, 0.0, 1.0]
+    assert custom.score(["x", "x"], ["Nopes, here it is.", "nope, never"]) == [0.0, 1.0]
 
 
 def test_oracle_signal_knows_each_prompt_kind(quick_world):

@@ -4,6 +4,7 @@ quick synthetic world train the same model as one process with the same global b
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,41 @@ def test_sampling_and_lora_train_under_ddp(tmp_path, quick_refs, method, extra):
 @pytest.mark.parametrize("method", ["sft", "risk-kl", "pact", "soft-sft"])
 def test_every_objective_trains_under_ddp(tmp_path, quick_refs, method):
     train(method, tmp_path / method, 2, 8)
+
+
+def test_a_nonfinite_batch_on_one_rank_is_skipped_without_stalling_the_other(tmp_path):
+    """`on_nonfinite_loss=skip` under DDP: the rank with the NaN must still take part in the
+    gradient all-reduce, or its peer waits forever and the next step fails; both ranks must
+    end with the same weights."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trimtab.training.run import save_model
+    from trimtab.worlds.synthetic.tokenizer import build_word_tokenizer
+
+    tok = build_word_tokenizer(["what is the first word in : apple stone river zorb ?"])
+    torch.manual_seed(0)
+    save_model(LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)), tok, tmp_path / "m")
+    script = Path(__file__).with_name("ddp_nonfinite_script.py")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(script), str(tmp_path / "m"), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # a stalled rank would hang: give up after 2 minutes (it takes seconds) and kill the
+    # whole process group, so no orphaned rank is left waiting
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("a rank stalled: the DDP run did not finish in 120 s")
+    assert proc.returncode == 0, err[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["skipped"] for r in ranks] == [1, 0]
+    assert ranks[0]["weights"] == ranks[1]["weights"]

@@ -45,13 +45,19 @@ class AlignmentTrainer(Trainer):
     def _nonfinite(self, loss: torch.Tensor, terms: dict[str, float]) -> torch.Tensor:
         """A NaN/inf loss stops training with what is known of it, or skips the batch.
 
-        A skipped batch gets a zero loss with no path to the weights, so the optimiser step
-        leaves them as they were; the count is reported in the logs and the result.
+        On one process a skipped batch gets a zero loss with no path to the weights, so the
+        optimiser step leaves them as they were. Under DDP every rank must still send its
+        gradients to the all-reduce (else its peers wait for it, and the ranks' weights would
+        drift apart), so the skipped batch sends zeros and the step uses the other ranks'.
+        The count is reported in the logs and the result.
         """
         step = self.state.global_step
         shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) or "no terms logged"
         if self.on_nonfinite_loss == "skip":
             self.skipped_batches += 1
+            if self.accelerator.num_processes > 1:
+                return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad),
+                           torch.zeros((), device=loss.device))
             return torch.zeros((), device=loss.device, requires_grad=True)
         raise TrimtabError(
             f"the {self.objective.name} loss is {loss.item()} at step {step} ({shown}). "

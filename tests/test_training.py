@@ -175,6 +175,22 @@ def test_a_model_folder_holding_the_users_files_is_not_replaced(tiny_model, tmp_
                                            r"\(mydata.jsonl, notes\)"):
         save_model(result.model, result.tokenizer, out)
     assert (out / "mydata.jsonl").read_text() == "{}\n" and (out / "notes").is_dir()
+    (out / "mydata.jsonl").unlink()
+    (out / "notes").rmdir()
+    (out / "README.md").write_text("# my notes on this run\n")  # the user's, not a model card
+    (out / "my_probe.safetensors").write_bytes(b"")
+    with pytest.raises(TrimtabError, match=r"\(README.md, my_probe.safetensors\)"):
+        save_model(result.model, result.tokenizer, out)
+
+
+def test_a_previous_lora_output_with_its_model_card_is_replaced(tiny_model, tmp_path):
+    out = tmp_path / "adapter"
+    config = TrainConfig(max_steps=1, per_device_train_batch_size=4, progress=False,
+                         lora=True, lora_r=4)
+    finetune(tiny_model, RECORDS, get_method("sft")(), config, output_dir=out)
+    assert (out / "README.md").read_text().startswith("---")  # PEFT's model card
+    finetune(tiny_model, RECORDS, get_method("sft")(), config, output_dir=out)
+    assert (out / "adapter_model.safetensors").is_file()
 
 
 class _NaNAtStep(SFTObjective):

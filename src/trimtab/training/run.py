@@ -267,9 +267,21 @@ MODEL_FILES = ("config.json", "adapter_config.json")
 SAVED_FILES = re.compile(
     r"(config|generation_config|adapter_config|tokenizer|tokenizer_config|special_tokens_map"
     r"|added_tokens|vocab|chat_template|recover_log|resta_log|metrics)\.json"
-    r"|.*\.safetensors(\.index\.json)?|(pytorch_model|adapter_model).*\.bin"
+    r"|(model|adapter_model)(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
+    r"|(pytorch_model|adapter_model).*\.bin"
     r"|tokenizer\.model|vocab\.txt|merges\.txt|chat_template\.jinja|README\.md"
 )
+
+
+def written_by_save(path: Path) -> bool:
+    """Whether `path` is a file a model save writes. A README.md counts only as the model
+    card PEFT writes (YAML front matter first), not as the user's own notes."""
+    if not (path.is_file() and SAVED_FILES.fullmatch(path.name)):
+        return False
+    if path.name == "README.md":
+        with path.open(errors="replace") as f:
+            return f.read(4).startswith("---")
+    return True
 
 
 def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
@@ -294,8 +306,7 @@ def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike |
                 f"--output-dir {output_dir} exists and is not a model folder; choose an empty "
                 "or new folder (a previous trimtab output folder is replaced)."
             )
-        foreign = sorted(p.name for p in out.iterdir()
-                         if not (p.is_file() and SAVED_FILES.fullmatch(p.name)))
+        foreign = sorted(p.name for p in out.iterdir() if not written_by_save(p))
         if foreign:
             raise TrimtabError(
                 f"--output-dir {output_dir} holds a model and also files a model save does not "

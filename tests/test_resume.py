@@ -8,13 +8,18 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from test_training import RECORDS, tiny_model  # noqa: F401  (a fixture)
 
-from trimtab.training.run import checkpoint_dir, latest_checkpoint
+from trimtab.errors import TrimtabError
+from trimtab.objectives import get_method
+from trimtab.training.config import TrainConfig
+from trimtab.training.run import checkpoint_dir, finetune, latest_checkpoint
 
 # Runs in a child process: train 8 steps with a checkpoint every 2, and (when asked) kill
 # itself with SIGKILL as step 5 ends, after the checkpoint of step 4 was written.
@@ -57,6 +62,19 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_model, tmp_p
     assert not killed.exists()  # nothing half-written where the model goes
     assert latest_checkpoint(checkpoint_dir(killed)).name == "checkpoint-4"
 
+    # another command on the same folder must not pick up this run's checkpoints
+    other = TrainConfig(max_steps=8, per_device_train_batch_size=4, learning_rate=1e-3,
+                        save_steps=2, progress=False, warmup_ratio=0.0)
+    with pytest.raises(TrimtabError, match=r"checkpoints of another run \(train\.learning_rate "
+                                           r"0\.01 -> 0\.001\).*--no-resume"):
+        finetune(tiny_model, RECORDS, get_method("kl")(), other, output_dir=killed)
+    with pytest.raises(TrimtabError, match=r"method 'kl' -> 'sft'"):
+        finetune(tiny_model, RECORDS, get_method("sft")(), other, output_dir=killed)
+    with pytest.raises(TrimtabError, match=r"\(the data\)"):
+        finetune(tiny_model, RECORDS[:8], get_method("kl")(),
+                 replace(other, learning_rate=1e-2), output_dir=killed)
+    assert latest_checkpoint(checkpoint_dir(killed)).name == "checkpoint-4"  # untouched
+
     assert _run(tiny_model, killed, 0, records) == 0  # same command again: resumes
     assert not checkpoint_dir(killed).exists()
     a = load_file(whole / "model.safetensors")
@@ -64,6 +82,20 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_model, tmp_p
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_no_resume_starts_over_and_clears_an_earlier_runs_checkpoints(tiny_model, tmp_path):  # noqa: F811
+    out = tmp_path / "model"
+    stale = checkpoint_dir(out) / "checkpoint-6"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text("{}")  # from a run that recorded nothing
+    config = TrainConfig(max_steps=2, per_device_train_batch_size=4, save_steps=1,
+                         progress=False)
+    with pytest.raises(TrimtabError, match="it records no run"):
+        finetune(tiny_model, RECORDS, get_method("sft")(), config, output_dir=out)
+    finetune(tiny_model, RECORDS, get_method("sft")(), replace(config, resume=False),
+             output_dir=out)
+    assert (out / "model.safetensors").is_file() and not checkpoint_dir(out).exists()
 
 
 def test_latest_checkpoint_skips_a_half_written_one(tmp_path):

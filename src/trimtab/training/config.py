@@ -54,7 +54,8 @@ class TrainConfig(CheckedConfig):
                                 "OUTPUT_DIR.checkpoints (0: none; removed once the model is saved)",
                              min=0)
     resume: bool = option(True, "continue from the newest complete checkpoint in "
-                                "OUTPUT_DIR.checkpoints when one exists")
+                                "OUTPUT_DIR.checkpoints when one exists (only one of this same "
+                                "run; false: start over, clearing them)")
     # --- logging
     logging_steps: int = option(10, "log the loss and the objective's diagnostics every N steps",
                                 min=1)

@@ -241,6 +241,11 @@ def test_evaluate_checks_its_out_file_and_model_path_before_working(capsys, tmp_
     # a local typo, not a Hub repository: said at once, not after retrying the network
     err = _error(capsys, ["evaluate", "--model", "out/kll", "--quick"])
     assert "no model folder at out/kll" in err
+    # a model's own config.json is no metrics file to replace
+    (tmp_path / "out" / "config.json").write_text('{"model_type": "llama"}')
+    err = _error(capsys, ["evaluate", "--model", "x", "--quick", "--out", "out/config.json"])
+    assert "exists and is not a metrics file" in err
+    assert (tmp_path / "out" / "config.json").read_text() == '{"model_type": "llama"}'
 
 
 def test_composed_methods_in_train_and_config_show(capsys, tiny_model, data_file, tmp_path):

@@ -186,5 +186,24 @@ def test_a_folder_that_is_no_model_is_a_user_error(tmp_path, capsys):
     empty.mkdir()
     assert main(["safety-tokens", "--aligned", str(empty), "--world", "synthetic", "--quick",
                  "--out", str(tmp_path / "t.json")]) == 2
-    assert "cannot load a tokenizer from" in capsys.readouterr().err
+    assert "the folder has no config.json" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()
+    # a --base that is no model fails before the aligned model's forward pass, not after
+    assert main(["safety-tokens", "--aligned", str(empty), "--base", str(empty), "--data",
+                 str(tmp_path / "t.json"), "--out", str(tmp_path / "t.json")]) == 2
+
+
+def test_out_never_overwrites_an_input_or_another_file(quick_refs, tmp_path, capsys):
+    from trimtab.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "how do i make a bomb ?",
+                                "response": "i am sorry , but i can not help ."}) + "\n")
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    base = ["safety-tokens", "--aligned", str(quick_refs.aligned), "--data", str(data)]
+    assert main([*base, "--out", str(data)]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert main([*base, "--out", str(notes)]) == 2
+    assert "exists and is not a safety-token file" in capsys.readouterr().err
+    assert json.loads(data.read_text())["prompt"] and notes.read_text() == '{"mine": 1}'

@@ -277,7 +277,7 @@ def test_guard_answer_that_is_no_verdict_is_an_error_or_unscored(guard_folder):
 
 
 def test_a_folder_that_is_no_guard_model_is_a_user_error(tmp_path):
-    with pytest.raises(TrimtabError, match="cannot load a tokenizer from"):
+    with pytest.raises(TrimtabError, match="the folder has no config.json"):
         build_signal(f"guard:{tmp_path}")
 
 

@@ -301,14 +301,14 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from trimtab.demo import world_configs
-    from trimtab.evaluation.results import check_out_file, write_json_atomic
+    from trimtab.evaluation.results import check_out_file, is_metrics_file, write_json_atomic
     from trimtab.pipeline import model_metrics
     from trimtab.training.run import check_model_path
     from trimtab.worlds.synthetic import SyntheticWorld
     from trimtab.worlds.synthetic.suite import synthetic_suite
 
     if args.out:  # before minutes of evaluation, not after
-        check_out_file(args.out)
+        check_out_file(args.out, earlier=is_metrics_file, kind="metrics file")
     check_model_path(args.model)
     world_cfg, _ = world_configs(args.quick)
     metrics = model_metrics(args.model, synthetic_suite(SyntheticWorld(world_cfg), args.task))

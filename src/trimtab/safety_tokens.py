@@ -343,6 +343,14 @@ def restricted_logits(model: Any, batch: dict[str, torch.Tensor], token_ids: tor
     return torch.nn.functional.linear(hidden.to(head.weight.dtype), head.weight[token_ids], bias)
 
 
+def _is_token_file(path: Path) -> bool:
+    try:
+        SafetyTokens.load(path)
+    except TrimtabError:
+        return False
+    return True
+
+
 def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *, aligned: str,
                           base: str | None = None, world: str | None = None,
                           quick: bool = False, data: str | None = None,
@@ -352,9 +360,14 @@ def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *, aligned
         raise TrimtabError("give exactly one of --world synthetic (its training refusals) or "
                            "--data FILE (harmful prompts with refusals, e.g. --field "
                            "prompt=goal --field response=refusal).")
-    out = Path(out)
-    if out.is_dir():
-        raise TrimtabError(f"--out {out} is a folder; give a file name such as tokens.json.")
+    from trimtab.evaluation.results import check_out_file
+    from trimtab.training.run import check_model_path
+
+    out = check_out_file(out, inputs=(data, aligned, base), earlier=_is_token_file,
+                         kind="safety-token file")
+    for model in (aligned, base):  # before the aligned model's forward pass, not after
+        if model is not None:
+            check_model_path(model)
     if world is not None:
         from trimtab.demo import world_configs
         from trimtab.worlds.synthetic import SyntheticWorld

@@ -14,7 +14,7 @@ import numbers
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,15 +279,36 @@ def check_out_folder(out: str | os.PathLike[str]) -> Path:
     return out
 
 
-def check_out_file(out: str | os.PathLike[str], flag: str = "--out") -> Path:
-    """Refuse an output file that is a folder or cannot be written, before any work."""
+def check_out_file(out: str | os.PathLike[str], flag: str = "--out", *,
+                   inputs: Sequence[str | os.PathLike[str] | None] = (),
+                   earlier: Callable[[Path], bool] | None = None,
+                   kind: str = "output") -> Path:
+    """Refuse an output file that is a folder, cannot be written or is one of the `inputs`,
+    before any work. With `earlier`, an existing file is replaced only when `earlier(path)`
+    says it is a previous output of this kind (not, say, a model's config.json)."""
     out = Path(out)
+    for given in inputs:
+        if given is not None and Path(given).is_file() and Path(given).resolve() == out.resolve():
+            raise TrimtabError(f"{flag} {out} is the input {given}; inputs are never "
+                               f"overwritten. Choose another {flag} file.")
     if out.is_dir():
         raise TrimtabError(f"{flag} {out} is a folder; give a file name such as metrics.json.")
     probe = next(p for p in out.resolve().parents if p.exists())
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise TrimtabError(f"cannot write {out} (in {probe}); choose another {flag} file.")
+    if earlier is not None and out.is_file() and not earlier(out):
+        raise TrimtabError(f"{flag} {out} exists and is not a {kind}; choose another {flag} "
+                           f"(only an earlier {kind} is replaced).")
     return out
+
+
+def is_metrics_file(path: Path) -> bool:
+    """Whether `path` holds metrics as `trimtab evaluate --out` writes them."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "harmful_rate" in data
 
 
 def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:

@@ -46,12 +46,22 @@ class FinetuneResult:
         return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
+# a folder holding none of these is no model, adapter or tokenizer save
+MODEL_MARKERS = ("config.json", "adapter_config.json", "tokenizer_config.json", "tokenizer.json")
+
+
 def check_model_path(path: str | os.PathLike) -> None:
     """A model path that names no local folder but clearly is a local path ("./m", "out/m"
     when ./out exists) is a typo: say so now, not after a minute of retrying the Hub with it
     as a repository name. A hub name ("org/name", "gpt2") passes."""
     text = str(path)
     local = Path(text).expanduser()
+    if local.is_dir():
+        if not any((local / name).is_file() for name in MODEL_MARKERS):
+            raise TrimtabError(f"no model at {text}: the folder has no config.json (nor an "
+                               "adapter or tokenizer config), so it is not a save_pretrained "
+                               "folder. Check the path.")
+        return
     if local.exists():
         return
     parent = local.parent

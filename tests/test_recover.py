@@ -218,6 +218,36 @@ def test_cli_recover_needs_data_or_world(tmp_path, capsys) -> None:
     assert code == 2 and "--harmful-prompts" in capsys.readouterr().err
 
 
+def test_cli_recover_from_files_maps_the_harmful_prompt_column(quick_refs, quick_world, attacked,
+                                                               tmp_path, capsys) -> None:
+    """Real prompt files name their columns their own way (AdvBench: `goal`);
+    --harmful-field maps the harmful prompts' column, as --field does the task examples'."""
+    import csv
+
+    from trimtab.cli import main
+
+    harmful = tmp_path / "advbench.csv"
+    with harmful.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["goal", "target"])
+        writer.writerows([r.prompt, r.response] for r in quick_world.splits.harmful_finetune[:24])
+    tasks = tmp_path / "task.jsonl"
+    tasks.write_text("".join(json.dumps({"question": r.prompt, "answer": r.response}) + "\n"
+                             for r in quick_world.task_records("general")[:24]))
+    argv = ["recover", "--aligned", str(quick_refs.aligned), "--finetuned", str(attacked),
+            "--harmful-prompts", str(harmful), "--task-eval", str(tasks),
+            "--field", "prompt=question", "--field", "response=answer", "--steps", "1",
+            "--n-direction", "8", "--n-val-harmful", "8", "--n-val-task", "8",
+            "--output-dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "Name the right one with --harmful-field prompt=COLUMN" in capsys.readouterr().err
+    assert main([*argv, "--harmful-field", "prompt=goal"]) == 0
+    assert (tmp_path / "out" / "recover_log.json").is_file()
+    assert main(["recover", "--world", "synthetic", "--quick", "--finetuned", str(attacked),
+                 "--harmful-field", "prompt=goal", "--output-dir", str(tmp_path / "o2")]) == 2
+    assert "leave out --harmful-prompts" in capsys.readouterr().err
+
+
 def test_lora_adapter_is_merged_then_recovered(quick_refs, quick_world, tmp_path) -> None:
     from trimtab.demo import QUICK_TRAIN
     from trimtab.objectives.sft import SFTObjective

@@ -63,6 +63,7 @@ def load_records(
     require_response: bool = True,
     limit: int | None = None,
     csv_header: Sequence[str] | None = None,
+    field_flag: str = "--field",
 ) -> list[Record]:
     """Load every row of a data file as a `Record`, or raise a `TrimtabError` saying why not.
 
@@ -71,6 +72,8 @@ def load_records(
     every record. With `require_response=False` prompt-only data loads with response "".
     `limit` keeps the first N rows. `csv_header` names the columns of a header-less CSV/TSV.
     `path` may also be a Hub file, hf://datasets/OWNER/NAME/FILE (`trimtab.data.hub`).
+    `field_flag` is the command-line flag a missing column's message tells the user to map
+    it with.
     """
     if is_hub_path(path):
         path = hub_file(str(path))
@@ -106,7 +109,7 @@ def load_records(
         rows = _csv_rows(path, text, fmt, csv_header)
 
     records = [
-        _to_record(path, where, row, mapping, kind, require_response)
+        _to_record(path, where, row, mapping, kind, require_response, field_flag)
         for where, row in itertools.islice(rows, limit)
     ]
     if not records:
@@ -284,6 +287,7 @@ def _to_record(
     mapping: Mapping[str, str],
     kind: str | None,
     require_response: bool,
+    field_flag: str = "--field",
 ) -> Record:
     used: set[str] = set()
 
@@ -292,7 +296,8 @@ def _to_record(
         column = mapping.get(field, field)
         if column not in row:
             if must_exist:
-                raise _missing_column(path, where, row, field, column, explicit=field in mapping)
+                raise _missing_column(path, where, row, field, column,
+                                      explicit=field in mapping, flag=field_flag)
             return None
         used.add(column)
         value = row[column]
@@ -336,11 +341,13 @@ def _metadata(row: dict[str, Any], used: set[str]) -> dict[str, Any]:
 
 
 def _missing_column(
-    path: Path, where: str, row: Mapping[str, Any], field: str, column: str, *, explicit: bool
+    path: Path, where: str, row: Mapping[str, Any], field: str, column: str, *, explicit: bool,
+    flag: str = "--field",
 ) -> TrimtabError:
     available = ", ".join(map(repr, row)) or "(none)"
     how = f"mapped to {field}" if explicit else f"the default column for {field}"
-    fix = f"name the right one with --field {field}=COLUMN (fields={{'{field}': COLUMN}})"
+    fix = f"name the right one with {flag} {field}=COLUMN (fields={{'{field}': COLUMN}} in "
+    fix += "Python)"
     if field == "response":
         fix += ", or pass require_response=False for prompt-only data"
     return TrimtabError(

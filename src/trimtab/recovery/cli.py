@@ -36,7 +36,10 @@ def add_parsers(sub: Any) -> None:
     rec.add_argument("--finetuned", required=True, help="fine-tuned model or LoRA adapter folder")
     rec.add_argument("--harmful-prompts", metavar="FILE",
                      help="harmful prompts: .txt (one per line), .jsonl/.json/.csv/.tsv "
-                          "(column `prompt`)")
+                          "(column `prompt`, or map it with --harmful-field)")
+    rec.add_argument("--harmful-field", action="append", default=[], metavar="prompt=COLUMN",
+                     help="column mapping for --harmful-prompts, e.g. --harmful-field "
+                          "prompt=goal (AdvBench)")
     rec.add_argument("--task-eval", metavar="FILE",
                      help="task examples with exact answers (columns prompt, response), from "
                           "TRAINING data, not the test set")
@@ -70,8 +73,8 @@ def _world(args: argparse.Namespace) -> tuple[Any, Any]:
     return SyntheticWorld(world_cfg), build_references(world_cfg, build_cfg, progress=False)
 
 
-def _prompts(path: str) -> list[str]:
-    from trimtab.data.loaders import load_records
+def _prompts(path: str, fields: list[str]) -> list[str]:
+    from trimtab.data.loaders import load_records, parse_field_mapping
 
     if Path(path).suffix == ".txt":
         if not Path(path).is_file():
@@ -80,7 +83,9 @@ def _prompts(path: str) -> list[str]:
         if not lines:
             raise TrimtabError(f"{path} has no prompts; write one per line.")
         return lines
-    return [r.prompt for r in load_records(path, require_response=False)]
+    mapping = parse_field_mapping(fields)
+    return [r.prompt for r in load_records(path, fields=mapping, require_response=False,
+                                           field_flag="--harmful-field")]
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -100,9 +105,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if args.world is None and None in files:
         raise TrimtabError("give --harmful-prompts FILE and --task-eval FILE, or --world "
                            "synthetic to take both from the world's training pools.")
-    if args.world is not None and any(files):
+    if args.world is not None and (any(files) or args.field or args.harmful_field):
         raise TrimtabError("--world synthetic brings its own prompts; leave out "
-                           "--harmful-prompts and --task-eval (or --world).")
+                           "--harmful-prompts, --task-eval and their --field/--harmful-field "
+                           "(or --world).")
     aligned = args.aligned
     if args.world is not None:
         world, refs = _world(args)
@@ -114,7 +120,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         if aligned is None:
             raise TrimtabError("--aligned is required without --world: pass the aligned model "
                                "folder the fine-tuning started from.")
-        harmful = _prompts(args.harmful_prompts)
+        harmful = _prompts(args.harmful_prompts, args.harmful_field)
         tasks = load_records(args.task_eval, fields=parse_field_mapping(args.field))
 
         def data_fn(_tok: Any) -> Any:

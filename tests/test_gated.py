@@ -225,6 +225,19 @@ def test_unscored_verdicts_only_from_a_signal_set_to_leave_them(aligned, records
     assert bool(objective.pregated.all())  # unscored targets are sampled, and logged
 
 
+def test_an_unscored_target_is_not_taken_for_a_misaligned_one(aligned, records, quick_refs):
+    """Abstention needs the target AND every sample judged misaligned; a target the signal
+    could not score is unknown, as it is to the gate, so misaligned samples alone do not
+    make the model abstain."""
+    model, tok = aligned
+    signal = Flaky("unscored")  # NaN for every training target ...
+    objective = GatedObjective(GatedConfig(k=2, max_new_tokens=4), signal=signal)
+    batch = _setup(objective, records, tok, quick_refs)
+    signal.value = 0.0  # ... then every sample judged misaligned
+    out = objective(model, batch)
+    assert out.metrics["pregated"] == 1.0 and out.metrics["abstained"] == 0.0
+
+
 def test_bad_config_is_a_clear_error(records, aligned, quick_refs):
     _, tok = aligned
     with pytest.raises(TrimtabError, match="at least one refusal text"):

@@ -231,7 +231,8 @@ class GatedObjective(Objective):
             adv = ((a - mean[:, None]) / (std[:, None] + c.eps)).nan_to_num(0.0)
             rows = torch.tensor(sampled, device=device)
             a_bar[rows] = torch.where(valid.any(1), mean, torch.nan)
-            fully = (a_tgt[rows].nan_to_num(0.0) < c.tau) & (a.nan_to_num(1.0) < c.tau).all(1) \
+            # an unscored target or sample is unknown, never evidence of misalignment
+            fully = (a_tgt[rows].nan_to_num(1.0) < c.tau) & (a.nan_to_num(1.0) < c.tau).all(1) \
                 & valid.any(1)
             if c.use_abstention:
                 abstain[rows] = fully

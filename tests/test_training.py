@@ -223,3 +223,29 @@ def test_skipping_nan_batches_counts_them_and_leaves_weights_finite(tiny_model):
     assert result.skipped_batches == 2
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     assert max(log.get("skipped_nonfinite_batches", 0) for log in result.log_history) == 2
+
+
+def test_sharded_weights_refuse_sampling_and_copy_the_lora_reference(tiny_model, monkeypatch):
+    """Under FSDP or ZeRO-3 (as `accelerate launch` announces them), `gated` is refused before
+    any step, and a LoRA reference is a frozen copy, not the adapter-off policy, whose
+    unwrapped forward would see sharded weights."""
+    import trimtab.training.run as run
+    from trimtab.objectives.composite import CompositeObjective
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert run.sharded_weights() is None  # ZeRO-2 keeps whole weights
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert run.sharded_weights() == "DeepSpeed ZeRO-3"
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for objective in (get_method("gated")(),
+                      CompositeObjective([get_method("pact")(), get_method("gated")()])):
+        with pytest.raises(TrimtabError, match="samples from the policy .* FSDP leaves the "
+                                               "weights sharded"):
+            run.check_sharding(objective)
+    made = []
+    original = run.Reference
+    monkeypatch.setattr(run, "Reference", lambda *a: made.append(original(*a)) or made[-1])
+    _train(tiny_model, lora=True, lora_r=4, max_steps=1)  # one process: FSDP only announced
+    assert made[0].frozen is not None

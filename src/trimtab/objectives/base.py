@@ -113,6 +113,8 @@ class Objective:
     name: ClassVar[str]
     config_class: ClassVar[type]
     needs_reference: ClassVar[bool] = False
+    # generates from the policy during training (outside the wrapper's forward)
+    samples_from_policy: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     def __init__(self, config: Any | None = None) -> None:

@@ -53,6 +53,10 @@ class CompositeObjective(Objective):
         # read after setup: pact stops needing the reference once its cache is built
         return any(p.needs_reference for p in self.parts)
 
+    @property
+    def samples_from_policy(self) -> bool:  # type: ignore[override]
+        return any(p.samples_from_policy for p in self.parts)
+
     def setup(self, context: TrainingContext) -> None:
         for part in self.parts:
             part.setup(context)

@@ -133,6 +133,7 @@ def first_rows(resp: ResponseLogits, n: int) -> ResponseLogits:
 class GatedObjective(Objective):
     name = "gated"
     config_class = GatedConfig
+    samples_from_policy = True
     summary = ("SFT + signal-driven policy gradient, balanced per sample by an adaptive gate; "
                "abstains on fully misaligned inputs (arXiv 2602.02258, our design)")
 

@@ -140,6 +140,29 @@ def apply_lora(model: Any, config: TrainConfig) -> Any:
     return get_peft_model(model, lora)
 
 
+def sharded_weights() -> str | None:
+    """"FSDP" or "DeepSpeed ZeRO-3" when `accelerate launch` shards the weights, else None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    if (os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
+        return "DeepSpeed ZeRO-3"
+    return None
+
+
+def check_sharding(objective: Objective) -> None:
+    """Refuse, before any step, an objective that generates from the policy (`gated`) under
+    sharded weights: it samples with the unwrapped model, outside the wrapper's forward,
+    where FSDP and ZeRO-3 leave the parameters sharded. (A LoRA reference then becomes a
+    frozen copy instead of the adapter-off policy, for the same reason.)"""
+    sharding = sharded_weights()
+    if sharding is not None and objective.samples_from_policy:
+        raise TrimtabError(
+            f"{objective.name} samples from the policy outside the wrapper's forward, where "
+            f"{sharding} leaves the weights sharded. Launch it with DDP (--multi_gpu) or "
+            "DeepSpeed ZeRO-1/2.")
+
+
 def same_model(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two model paths (or hub names) name the same weights."""
     pa, pb = Path(a), Path(b)
@@ -199,9 +222,12 @@ def finetune(
         model.config.use_cache = False
     if config.lora:
         model = apply_lora(model, config)
+    check_sharding(objective)
     reference = None
     if objective.needs_reference:
-        if config.lora and same_model(reference_path or model_path, model_path):
+        # the adapter-off policy runs outside the wrapper's forward: whole weights only
+        if (config.lora and same_model(reference_path or model_path, model_path)
+                and not sharded_weights()):
             reference = Reference(model)  # the adapter disabled: no second copy
         else:
             frozen = load_model(reference_path or model_path, config, frozen=True)

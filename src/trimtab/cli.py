@@ -384,7 +384,7 @@ def _add_safety_tokens_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trimtab.demo import DemoConfig
+    from trimtab.demo_config import DemoConfig
 
     parser = Parser(prog="trimtab", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,13 +9,13 @@ model with the world's oracle, and writes `results.json`, `report.md` and
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from trimtab.config import SEED_MAX, CheckedConfig, option
+from trimtab.demo_config import DemoConfig
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.report import render_table
 from trimtab.evaluation.results import check_out_folder, write_results
@@ -24,22 +24,6 @@ from trimtab.training.config import TrainConfig
 from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
 from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
 from trimtab.worlds.synthetic.suite import synthetic_suite
-
-
-@dataclass
-class DemoConfig(CheckedConfig):
-    out: str = option("./trimtab-out/demo", "folder for results.json, report.md and the plot")
-    methods: list[str] = option(["sft", "kl", "risk-kl", "pact", "soft-sft", "sft+recover",
-                                 "gated"],
-                                "methods to fine-tune with")
-    fractions: list[float] = option([0.0, 0.1], "harmful fractions mixed into the task data",
-                                    min=0.0, max=0.99)
-    task: str = option("general", "downstream task", choices=("general", "domain"))
-    seed: int = option(0, "seed of fine-tuning (the world and references have their own)",
-                       min=0, max=SEED_MAX)
-    quick: bool = option(False, "a small world and short runs (a minute or two; for tests)")
-    progress: bool = option(True, "show progress bars")
-
 
 # A smaller world and shorter training: the same pipeline in a minute or two, for tests. It
 # keeps 6 objects per borderline phrase (fewer prompts, and the tests' thresholds were set on it).

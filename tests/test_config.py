@@ -325,8 +325,10 @@ def test_yaml_file_problems(tmp_path: Path) -> None:
         load_yaml_config(Demo, tmp_path / "missing.yaml")
     with pytest.raises(TrimtabError, match="must contain a mapping"):
         load_yaml_config(Demo, _write_yaml(tmp_path, "- steps\n- 3\n"))
-    with pytest.raises(TrimtabError, match="Invalid YAML"):
-        load_yaml_config(Demo, _write_yaml(tmp_path, "steps: [1, 2\n"))
+    with pytest.raises(TrimtabError, match="Invalid YAML") as err:
+        load_yaml_config(Demo, _write_yaml(tmp_path, "lr: 1\nsteps: [1, 2\n"))
+    assert "\n" not in str(err.value) and "at line 3, column 1: expected ',' or ']'" in str(
+        err.value)
     with pytest.raises(TrimtabError, match="duplicate key 'steps'"):
         load_yaml_config(Demo, _write_yaml(tmp_path, "steps: 1\nsteps: 2\n"))
     with pytest.raises(TrimtabError, match="is a directory"):

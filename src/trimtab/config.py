@@ -555,8 +555,12 @@ def read_yaml_mapping(path: str | PurePath) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass, so still safe
     except yaml.YAMLError as exc:
+        # one line, as every user error: the problem and where, not PyYAML's excerpt
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise TrimtabError(
-            f"Invalid YAML in {path}:\n{exc}\nFix the syntax at that line."
+            f"Invalid YAML in {path}{where}: {problem}. Fix the syntax there."
         ) from None
     if data is None:
         return {}

@@ -218,6 +218,20 @@ def test_flag_errors_are_one_line_not_the_usage(capsys, tiny_model, data_file, t
     assert len(err) == 1 and "required: --method, --output-dir" in err[0]
 
 
+def test_flags_that_would_be_ignored_are_refused(capsys, tiny_model, data_file, tmp_path):
+    out = tmp_path / "o"
+    err = _error(capsys, ["train", "--method", "sft", "--world", "synthetic", "--quick",
+                          "--field", "prompt=q", "--output-dir", str(out)])
+    assert "--field maps the columns of a --data file" in err
+    err = _error(capsys, _train(tiny_model, data_file, out, "--task", "domain"))
+    assert "--task picks one of the synthetic world's tasks" in err
+    argv = _train(tiny_model, data_file, out, "--reference", str(tiny_model))
+    argv[argv.index("kl")] = "sft"
+    err = _error(capsys, argv)
+    assert "sft uses no reference model" in err and "kl" in err and "pact" in err
+    assert not out.exists()
+
+
 def test_a_negative_seed_is_out_of_range(capsys, tiny_model, data_file, tmp_path):
     err = _error(capsys, _train(tiny_model, data_file, tmp_path / "o", "--seed", "-1"))
     assert "'seed' = -1 is out of range" in err

@@ -216,6 +216,9 @@ def test_cli_recover_needs_data_or_world(tmp_path, capsys) -> None:
     code = main(["recover", "--aligned", "a", "--finetuned", "b", "--output-dir",
                  str(tmp_path / "o")])
     assert code == 2 and "--harmful-prompts" in capsys.readouterr().err
+    code = main(["recover", "--aligned", "a", "--finetuned", "b", "--task", "domain",
+                 "--output-dir", str(tmp_path / "o")])
+    assert code == 2 and "use it with --world synthetic" in capsys.readouterr().err
 
 
 def test_cli_recover_from_files_maps_the_harmful_prompt_column(quick_refs, quick_world, attacked,

@@ -270,6 +270,19 @@ def cmd_train(argv: Sequence[str]) -> int:
     if args.data is not None and args.harmful_fraction:
         raise TrimtabError("--harmful-fraction mixes the world's harmful data: use it with "
                            "--world synthetic, or mix your own file before training.")
+    # a flag that would be silently ignored is a mistake worth naming
+    if args.world is not None and args.field:
+        raise TrimtabError("--field maps the columns of a --data file; the world's records "
+                           "need none. Leave it out (or train on --data).")
+    if args.data is not None and args.task != "general":
+        raise TrimtabError("--task picks one of the synthetic world's tasks: use it with "
+                           "--world synthetic (a --data file is the task).")
+    if args.reference is not None and not objective.needs_reference:
+        from trimtab.objectives.registry import get_method, list_methods
+
+        users = ", ".join(m for m in list_methods() if get_method(m).needs_reference)
+        raise TrimtabError(f"{args.method} uses no reference model; leave out --reference "
+                           f"(methods that do: {users}).")
     n_to_mix(1, args.harmful_fraction)  # range check before minutes of building
     check_output_dir(args.output_dir, args.model, args.reference)
     if args.world == "synthetic":

@@ -105,6 +105,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if args.world is None and None in files:
         raise TrimtabError("give --harmful-prompts FILE and --task-eval FILE, or --world "
                            "synthetic to take both from the world's training pools.")
+    if args.world is None and args.task != "general":
+        raise TrimtabError("--task picks one of the synthetic world's tasks: use it with "
+                           "--world synthetic (without it, --task-eval is the task).")
     if args.world is not None and (any(files) or args.field or args.harmful_field):
         raise TrimtabError("--world synthetic brings its own prompts; leave out "
                            "--harmful-prompts, --task-eval and their --field/--harmful-field "

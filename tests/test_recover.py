@@ -217,6 +217,7 @@ def test_cli_recover_needs_data_or_world(tmp_path, capsys) -> None:
                  str(tmp_path / "o")])
     assert code == 2 and "--harmful-prompts" in capsys.readouterr().err
     code = main(["recover", "--aligned", "a", "--finetuned", "b", "--task", "domain",
+                 "--harmful-prompts", "h.txt", "--task-eval", "t.jsonl",
                  "--output-dir", str(tmp_path / "o")])
     assert code == 2 and "use it with --world synthetic" in capsys.readouterr().err
 

@@ -232,6 +232,15 @@ def test_flags_that_would_be_ignored_are_refused(capsys, tiny_model, data_file, 
     assert not out.exists()
 
 
+def test_an_unknown_option_points_to_where_method_options_live(capsys, tmp_path):
+    err = _error(capsys, ["train", "--method", "pact+gated", "--world", "synthetic",
+                          "--output-dir", str(tmp_path / "o"), "--lam", "2"])
+    assert "unrecognized arguments: --lam 2" in err and "a section per part" in err
+    err = _error(capsys, ["train", "--method", "kl", "--world", "synthetic",
+                          "--output-dir", str(tmp_path / "o"), "--lamda", "2"])
+    assert "`trimtab config show kl`" in err
+
+
 def test_a_negative_seed_is_out_of_range(capsys, tiny_model, data_file, tmp_path):
     err = _error(capsys, _train(tiny_model, data_file, tmp_path / "o", "--seed", "-1"))
     assert "'seed' = -1 is out of range" in err

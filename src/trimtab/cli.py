@@ -47,7 +47,11 @@ class Parser(argparse.ArgumentParser):
     """argparse with trimtab's error format: one line, `trimtab: error: ...`, exit code 2
     (argparse's own prints the whole usage first)."""
 
+    unrecognized_hint: str | None = None  # where the options a user tried may be instead
+
     def error(self, message: str) -> None:  # type: ignore[override]
+        if self.unrecognized_hint and message.startswith("unrecognized arguments"):
+            raise TrimtabError(f"{message}. {self.unrecognized_hint}")
         raise TrimtabError(f"{message} (see `{self.prog} --help`).")
 
 
@@ -183,11 +187,23 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def _train_parser(method: str | None) -> argparse.ArgumentParser:
     from trimtab.training.config import TrainConfig
 
+    parts = method_parts(method) if method is not None else []
+    if len(parts) > 1:
+        epilog = (f"{method} is composed: its parts' options (which may share names) go in "
+                  f"the --config YAML, a section per part, e.g. {parts[0].name}: {{...}} "
+                  f"(`trimtab config show {method}`).")
+    elif parts:
+        epilog = f"All of {method}'s options: `trimtab config show {method}`."
+    else:
+        epilog = ("Each method adds its own options (--beta, --signal, ...): see them with "
+                  "`trimtab train --method NAME --help` or `trimtab config show NAME`.")
     p = Parser(
         prog="trimtab train",
         description="Fine-tune a model with one method. The data comes from a file "
                     "(--data) or from the synthetic world (--world synthetic).",
+        epilog=epilog,
     )
+    p.unrecognized_hint = epilog
     p.add_argument("--method", required=True, help="objective to train with (`trimtab methods`)")
     p.add_argument("--model", help="HF folder or hub name to start from (default with --world "
                                    "synthetic: its aligned reference)")
@@ -209,7 +225,6 @@ def _train_parser(method: str | None) -> argparse.ArgumentParser:
     add_dataclass_arguments(p, TrainConfig, group_title="training options")
     # a composed method's parts may share option names (pact's and gated's temperature), so
     # their options come from the YAML, a section per part
-    parts = method_parts(method) if method is not None else []
     if len(parts) == 1 and parts[0].config_class.__dataclass_fields__:
         add_dataclass_arguments(p, parts[0].config_class, group_title=f"{method} options")
     return p

@@ -129,6 +129,13 @@ def test_methods_and_config_show(capsys):
     assert main(["config", "show", "kl"]) == 0
     shown = capsys.readouterr().out
     assert "beta" in shown and "learning_rate" in shown
+    assert "recover" in listed and "resta" in listed  # the post-hoc steps too
+    assert main(["config", "show", "recover"]) == 0
+    shown = capsys.readouterr().out
+    assert "restore_fraction" in shown and "'steps': 8" in shown and "learning_rate" not in shown
+    assert main(["config", "show", "sft+resta"]) == 0
+    shown = capsys.readouterr().out
+    assert "scale" in shown and "changes none of them" in shown and "learning_rate" in shown
 
 
 def test_doctor_reports_versions_cache_and_references(capsys):

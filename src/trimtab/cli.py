@@ -14,6 +14,7 @@ from trimtab.config import (
     add_plain_yaml_option,
     apply_yaml_defaults,
     build_config,
+    config_to_dict,
     format_config_table,
     read_yaml_mapping,
     set_yaml_defaults,
@@ -141,11 +142,28 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from trimtab.objectives.registry import METHODS
 
-    width = max(map(len, METHODS))
+    width = max(map(len, [*METHODS, *POSTHOC_SUMMARY]))
     for name, cls in sorted(METHODS.items()):
         ref = " [reference]" if cls.needs_reference else ""
         print(f"{name:<{width}}  {cls.summary}{ref}")
+    print("\npost-hoc steps, on a fine-tuned model (`trimtab STEP`; METHOD+STEP in demo and "
+          "bench, e.g. sft+recover):")
+    for name, summary in POSTHOC_SUMMARY.items():
+        print(f"{name:<{width}}  {summary}")
     return 0
+
+
+POSTHOC_SUMMARY = {
+    "recover": "restore a few gradient-chosen weights to the aligned values, with rollback "
+               "to protect the task (arXiv 2504.09757)",
+    "resta": "task-arithmetic baseline: fine-tuned + scale * (aligned - base)",
+}
+
+
+def _posthoc_config(step: str) -> type:
+    from trimtab.recovery.config import RecoverConfig, RestaConfig
+
+    return {"recover": RecoverConfig, "resta": RestaConfig}[step]
 
 
 def method_parts(name: str) -> list[type]:
@@ -170,6 +188,26 @@ def method_parts(name: str) -> list[type]:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from trimtab.training.config import TrainConfig
 
+    name, step = args.method, None
+    if "+" in name and name.rsplit("+", 1)[1] in POSTHOC_SUMMARY:
+        name, step = name.rsplit("+", 1)
+    elif name in POSTHOC_SUMMARY:
+        name, step = "", name
+    if step is not None:
+        from trimtab.recovery import SYNTHETIC_POSTHOC
+
+        print(f"# {step}: options of the post-hoc step (`trimtab {step} --help`)")
+        print(format_config_table(_posthoc_config(step)))
+        default = config_to_dict(_posthoc_config(step)())
+        preset = {k: v for k, v in config_to_dict(SYNTHETIC_POSTHOC[step]).items()
+                  if default[k] != v}
+        changes = f"sets {preset}" if preset else "changes none of them"
+        print(f"\n(on the synthetic world, and so in demo and bench, the preset {changes}; "
+              f"a bench config overrides them under `methods: {{{step}: {{...}}}}`)")
+        if not name:
+            return 0
+        print()
+        args = argparse.Namespace(method=name)
     parts = method_parts(args.method)
     for cls in parts:
         title = f"{args.method}: options of {cls.name}" if len(parts) > 1 else args.method

@@ -87,3 +87,19 @@ def test_full_demo_meets_the_foundation_targets(tmp_path: Path) -> None:
     runs = {(r["method"], r["scenario"]): r for r in results["runs"]}
     sft = runs[("sft", "harmful-0.1")]
     assert sft["harmful_rate"] >= 0.40 and sft["task_accuracy"] >= 0.85
+
+
+def test_demo_out_holding_the_users_files_is_refused_before_any_work(tmp_path):
+    import json
+
+    from trimtab.demo import DemoConfig, check_demo_config
+    from trimtab.errors import TrimtabError
+
+    (tmp_path / "thesis.tex").write_text("mine")  # other files stay where they are
+    check_demo_config(DemoConfig(out=str(tmp_path)))
+    (tmp_path / "report.md").write_text("my own report")
+    with pytest.raises(TrimtabError, match=r"holds report.md of something other than an "
+                                           "earlier demo"):
+        check_demo_config(DemoConfig(out=str(tmp_path)))
+    (tmp_path / "results.json").write_text(json.dumps({"demo_seconds": 1.0}))
+    check_demo_config(DemoConfig(out=str(tmp_path)))  # an earlier demo's: replaced

@@ -8,6 +8,7 @@ model with the world's oracle, and writes `results.json`, `report.md` and
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -86,7 +87,23 @@ def check_demo_config(config: DemoConfig) -> None:
                                "leave it out for the defaults.")
         if len(set(values)) != len(values):
             raise TrimtabError(f"--{what} lists a value twice ({values}); give each once.")
-    check_out_folder(config.out)
+    out = check_out_folder(config.out)
+    clashing = [name for name in DEMO_FILES if (out / name).exists()]
+    if clashing and not _earlier_demo(out):  # the demo writes these three, nothing else
+        raise TrimtabError(f"--out {out} holds {', '.join(clashing)} of something other than "
+                           "an earlier demo (its results.json has no demo_seconds); the demo "
+                           "would overwrite them. Choose another --out.")
+
+
+DEMO_FILES = ("results.json", "report.md", "safety_utility.png")
+
+
+def _earlier_demo(out: Path) -> bool:
+    try:
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and "demo_seconds" in results
 
 
 def _metrics_only(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -139,13 +139,13 @@ def test_selection_on_the_quick_world_finds_the_refusal_words(quick_refs, quick_
 
 def test_cli_prints_the_tokens_and_writes_a_loadable_file(quick_refs, tmp_path, capsys):
     out = tmp_path / "tokens.json"
-    code = main(["safety-tokens", "--aligned", str(quick_refs.aligned), "--base",
-                 str(quick_refs.base), "--world", "synthetic", "--quick", "--k", "16",
+    # the world's aligned and base models by default
+    code = main(["safety-tokens", "--world", "synthetic", "--quick", "--k", "16",
                  "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "'sorry'" in printed and "aligned-vs-base" in printed
-    assert SafetyTokens.load(out).k == 16
+    assert SafetyTokens.load(out).k == 16 and SafetyTokens.load(out).weights_from == "gap"
 
 
 def test_cli_without_a_base_says_so_and_records_it(quick_refs, quick_world, tmp_path, capsys):
@@ -159,6 +159,11 @@ def test_cli_without_a_base_says_so_and_records_it(quick_refs, quick_world, tmp_
     printed = capsys.readouterr().out
     assert "no base model" in printed.lower()
     assert SafetyTokens.load(out).weights_from == "aligned-only"
+
+
+def test_cli_needs_an_aligned_model_without_the_world(tmp_path, capsys):
+    assert main(["safety-tokens", "--data", "x.jsonl", "--out", str(tmp_path / "t.json")]) == 2
+    assert "--aligned is required without --world" in capsys.readouterr().err
 
 
 def test_cli_needs_exactly_one_source_of_pairs(tmp_path, capsys):

@@ -420,7 +420,17 @@ def cmd_safety_tokens(args: argparse.Namespace) -> int:
     from trimtab.safety_tokens import SafetyTokenConfig, safety_tokens_command
 
     config = build_config(SafetyTokenConfig, args=args, yaml_path=args.config)
-    tokens = safety_tokens_command(args.out, config, aligned=args.aligned, base=args.base,
+    aligned, base = args.aligned, args.base
+    if aligned is None and args.world is None:
+        raise TrimtabError("--aligned is required without --world: pass the aligned model "
+                           "folder (and --base, its unaligned base, if you have it).")
+    if aligned is None:  # the world's references, as probe, recover and resta take them
+        from trimtab.demo import world_configs
+        from trimtab.worlds.synthetic.build import build_references
+
+        refs = build_references(*world_configs(args.quick), progress=False)
+        aligned, base = str(refs.aligned), base or str(refs.base)
+    tokens = safety_tokens_command(args.out, config, aligned=aligned, base=base,
                                    world=args.world, quick=args.quick, data=args.data,
                                    fields=args.field)
     print(tokens.describe())
@@ -433,9 +443,11 @@ def _add_safety_tokens_parser(sub: argparse._SubParsersAction) -> None:
 
     st = sub.add_parser("safety-tokens", help="select and weight the safety tokens of an "
                                               "aligned model (for pact); prints them")
-    st.add_argument("--aligned", required=True, help="the aligned model (HF folder)")
-    st.add_argument("--base", help="its unaligned base (HF folder); without it the weights "
-                                   "come from the aligned model alone")
+    st.add_argument("--aligned", help="the aligned model (HF folder; default with --world "
+                                      "synthetic: its aligned reference)")
+    st.add_argument("--base", help="its unaligned base (HF folder; default with --world and no "
+                                   "--aligned: its base); without one the weights come from the "
+                                   "aligned model alone")
     st.add_argument("--world", choices=("synthetic",), help="pairs: the world's training "
                                                            "refusals")
     st.add_argument("--quick", action="store_true", help="the small world of --quick runs")

@@ -249,3 +249,19 @@ def test_sharded_weights_refuse_sampling_and_copy_the_lora_reference(tiny_model,
     monkeypatch.setattr(run, "Reference", lambda *a: made.append(original(*a)) or made[-1])
     _train(tiny_model, lora=True, lora_r=4, max_steps=1)  # one process: FSDP only announced
     assert made[0].frozen is not None
+
+
+def test_unknown_lora_targets_name_the_models_linear_layers(tiny_model):
+    with pytest.raises(TrimtabError, match="none of lora_target_modules") as err:
+        _train(tiny_model, lora=True, lora_target_modules=["attn"])
+    listed = str(err.value).split("linear layers: ")[1]
+    assert "q_proj" in listed and "lm_head" in listed
+    assert "layers" not in listed and "norm" not in listed
+
+
+def test_a_cached_reference_is_never_an_output_folder(quick_refs, tiny_model):
+    from trimtab.training.run import check_output_dir
+
+    for folder in (quick_refs.base, quick_refs.aligned):
+        with pytest.raises(TrimtabError, match="is a cached reference model"):
+            check_output_dir(folder, tiny_model)

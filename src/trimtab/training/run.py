@@ -130,9 +130,11 @@ def apply_lora(model: Any, config: TrainConfig) -> Any:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     targets = [m for m in config.lora_target_modules if m in names]
     if not targets:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear)})
         raise TrimtabError(
             f"none of lora_target_modules {config.lora_target_modules} exist in this model; "
-            f"pick from its linear layers, e.g. {sorted(names)[:12]}."
+            f"pick from its linear layers: {', '.join(linear[:12])}."
         )
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout, target_modules=targets,
@@ -411,6 +413,10 @@ def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike |
                 f"--output-dir {output_dir} is the input model folder; inputs are never "
                 "overwritten. Choose another folder."
             )
+    if (out.parent / "build.json").is_file() and out.name in ("base", "aligned"):
+        raise TrimtabError(f"--output-dir {output_dir} is a cached reference model of the "
+                           "synthetic world, which later runs and `trimtab doctor` trust; "
+                           "choose another folder.")
     if out.exists() and not out.is_dir():
         raise TrimtabError(f"--output-dir {output_dir} is a file; give a folder name.")
     existing = next((p for p in out.parents if p.exists()), None)

@@ -59,7 +59,10 @@ class RiskKLConfig(CheckedConfig):
                                 choices=("last", "mean"))
     granularity: str = option("sample", "one beta per sample, or one per batch from its mean "
                                         "risk", choices=("sample", "batch"))
-    ema_decay: float = option(0.0, "EMA decay of the risk over steps; 0 turns the EMA off",
+    ema_decay: float = option(0.0, "EMA decay d of the batch-mean risk over steps; a "
+                                   "sample's risk becomes d * EMA + (1 - d) * its own, which "
+                                   "damps per-sample differences (pair with granularity "
+                                   "batch to smooth one beta per batch); 0 turns it off",
                               min=0.0, max=0.999)
     score_batch_size: int = option(64, "pairs per critic call / prompts per probe forward",
                                    min=1)

@@ -143,6 +143,8 @@ def test_doctor_reports_versions_cache_and_references(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["packages"]["torch"] and report["packages"]["transformers"]
     assert set(report["synthetic_references"]) == {"demo", "quick"}
+    assert report["synthetic_references"]["quick"]["aligned"].endswith("/aligned")
+    assert set(report["real_models"]) == {"smollm2"}
     assert report["cache"]["path"]
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out

@@ -46,8 +46,19 @@ def _references(cache: Path) -> dict[str, Any]:
     for label, quick in (("demo", False), ("quick", True)):
         world, build = world_configs(quick)
         key = reference_key(SyntheticWorld(world), build)
-        out[label] = {"key": key, "built": (cache / "synthetic" / key / "build.json").exists()}
+        root = cache / "synthetic" / key
+        out[label] = {"key": key, "built": (root / "build.json").exists(),
+                      "base": str(root / "base"), "aligned": str(root / "aligned")}
     return out
+
+
+def _real_models(cache: Path) -> dict[str, Any]:
+    """Which pip-packaged real models `trimtab models prepare` has converted, and where."""
+    from trimtab.models import MODELS, model_dir
+
+    return {name: {"folder": str(model_dir(name, cache)),
+                   "prepared": (model_dir(name, cache) / "config.json").is_file()}
+            for name in MODELS}
 
 
 def diagnose() -> dict[str, Any]:
@@ -66,6 +77,7 @@ def diagnose() -> dict[str, Any]:
         "cache": {"path": str(cache), "writable": writable,
                   "set_by": "TRIMTAB_CACHE" if os.environ.get("TRIMTAB_CACHE") else "default"},
         "synthetic_references": _references(cache),
+        "real_models": _real_models(cache),
         "optional": {name: {"version": _version(name), "for": why}
                      for name, why in OPTIONAL.items()},
     }
@@ -85,6 +97,11 @@ def render(report: dict[str, Any]) -> str:
         state = "built" if ref["built"] else "not built yet (`trimtab world build" + (
             " --quick`)" if label == "quick" else "`)")
         lines.append(f"  {label} references {ref['key']}: {state}")
+        if ref["built"]:
+            lines.append(f"    base {ref['base']}\n    aligned {ref['aligned']}")
+    for name, model in report["real_models"].items():
+        lines.append(f"  {name}: " + (model["folder"] if model["prepared"] else
+                                      f"not prepared (`trimtab models prepare {name}`)"))
     lines.append("optional packages:")
     for name, opt in report["optional"].items():
         lines.append(f"  {name:<20} {opt['version'] or 'not installed'}  ({opt['for']})")

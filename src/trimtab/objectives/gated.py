@@ -57,8 +57,10 @@ KINDS = ("harmful", "hallucination")  # signal reasons that pick an abstention t
 
 @dataclass
 class GatedConfig(CheckedConfig):
-    signal: str = option("classifier", "alignment signal spec trained on (see "
-                                       "trimtab.signals.build_signal); never the evaluation judge")
+    signal: str = option("classifier", "alignment signal spec trained on: keywords, "
+                                       "classifier, hf:PATH, guard:PATH, http:URL or "
+                                       "embedding:DIR (README, Alignment signals); never the "
+                                       "evaluation judge")
     k: int = option(4, "completions sampled per pre-gated prompt", min=2)
     temperature: float = option(0.7, "sampling temperature of the completions", min=1e-6)
     top_k: int = option(50, "sample among the k most likely tokens (0: all)", min=0)

@@ -49,7 +49,8 @@ class RiskKLConfig(CheckedConfig):
                                         "probe: an activation probe reads the prompt",
                               choices=("critic", "probe"))
     critic: str = option("classifier", "alignment signal spec of the critic: keywords, "
-                                       "classifier, hf:PATH, guard:PATH or http:URL")
+                                       "classifier, hf:PATH, guard:PATH, http:URL or "
+                                       "embedding:DIR (README, Alignment signals)")
     probe_path: str | None = option(None, "probe file from `trimtab probe train`; none: fit one "
                                           "on the synthetic world's training prompts (cached)")
     probe_layers: list[int] = option([], "candidate layers when the probe is fitted here; empty: "

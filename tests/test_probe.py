@@ -217,7 +217,7 @@ def test_cli_probe_train_never_overwrites_its_inputs_or_other_files(quick_refs, 
     # the probe's .json would land on the prompt file
     assert main(["probe", "train", "--model", str(quick_refs.aligned), *files, "--out",
                  str(tmp_path / "harmful.safetensors")]) == 2
-    assert "which is (in) the input" in capsys.readouterr().err
+    assert "(its harmful.json) would write the input" in capsys.readouterr().err
     # inside the model folder
     assert main(["probe", "train", "--model", str(quick_refs.aligned), *files, "--out",
                  str(Path(quick_refs.aligned) / "model.safetensors")]) == 2

@@ -208,7 +208,9 @@ def test_out_never_overwrites_an_input_or_another_file(quick_refs, tmp_path, cap
     notes.write_text('{"mine": 1}')
     base = ["safety-tokens", "--aligned", str(quick_refs.aligned), "--data", str(data)]
     assert main([*base, "--out", str(data)]) == 2
-    assert "is the input" in capsys.readouterr().err
+    assert "would write the input" in capsys.readouterr().err
+    assert main([*base, "--out", str(quick_refs.aligned / "tokens.json")]) == 2
+    assert "would write into the input" in capsys.readouterr().err
     assert main([*base, "--out", str(notes)]) == 2
     assert "exists and is not a safety-token file" in capsys.readouterr().err
     assert json.loads(data.read_text())["prompt"] and notes.read_text() == '{"mine": 1}'

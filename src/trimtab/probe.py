@@ -373,23 +373,19 @@ def world_probe(model: Any, tokenizer: Any, model_path: str | os.PathLike, world
 def _check_probe_out(out: Path, *inputs: str | None) -> None:
     """Refuse an output that would overwrite an input or a file that is not a probe: the
     probe and its `.json` replace whatever is at those two paths."""
-    for target in (out, out.with_suffix(".json")):
-        bad = next((p for p in inputs if p is not None and Path(p).exists() and (
-            Path(p).resolve() == target.resolve() or (Path(p).is_dir() and Path(p).resolve()
-                                                      in target.resolve().parents))), None)
-        if bad is not None:
-            raise TrimtabError(f"--out {out} would write {target}, which is (in) the input "
-                               f"{bad}; inputs are never overwritten. Choose another --out.")
     from trimtab.evaluation.results import check_out_file
 
-    check_out_file(out)  # not a folder, and its folder can be written
-    if out.exists():
+    def is_probe(path: Path) -> bool:
         try:
-            load_probe(out)
+            load_probe(path)
         except TrimtabError:
-            raise TrimtabError(f"--out {out} exists and is not a probe file; choose another "
-                               "--out (only an earlier probe is replaced).") from None
-    elif out.with_suffix(".json").exists():
+            return False
+        return True
+
+    check_out_file(out, inputs=inputs, earlier=is_probe, kind="probe file")
+    sidecar = out.with_suffix(".json")
+    check_out_file(sidecar, inputs=inputs, label=f"--out {out} (its {sidecar.name})")
+    if not out.exists() and out.with_suffix(".json").exists():
         raise TrimtabError(f"--out {out} would overwrite {out.with_suffix('.json')}, which "
                            "belongs to no probe; choose another --out.")
 

@@ -282,22 +282,28 @@ def check_out_folder(out: str | os.PathLike[str]) -> Path:
 def check_out_file(out: str | os.PathLike[str], flag: str = "--out", *,
                    inputs: Sequence[str | os.PathLike[str] | None] = (),
                    earlier: Callable[[Path], bool] | None = None,
-                   kind: str = "output") -> Path:
-    """Refuse an output file that is a folder, cannot be written or is one of the `inputs`,
-    before any work. With `earlier`, an existing file is replaced only when `earlier(path)`
-    says it is a previous output of this kind (not, say, a model's config.json)."""
+                   kind: str = "output", label: str | None = None) -> Path:
+    """Refuse an output file that is a folder, cannot be written, or is (inside) one of the
+    `inputs`, before any work. With `earlier`, an existing file is replaced only when
+    `earlier(path)` says it is a previous output of this kind (not a model's config.json).
+    `label` names the file in messages when it is not the flag's value itself."""
     out = Path(out)
+    what = label or f"{flag} {out}"
     for given in inputs:
-        if given is not None and Path(given).is_file() and Path(given).resolve() == out.resolve():
-            raise TrimtabError(f"{flag} {out} is the input {given}; inputs are never "
-                               f"overwritten. Choose another {flag} file.")
+        if given is None or not Path(given).exists():
+            continue
+        where = Path(given).resolve()
+        if where == out.resolve() or (where.is_dir() and where in out.resolve().parents):
+            raise TrimtabError(f"{what} would write {'into ' if where.is_dir() else ''}the "
+                               f"input {given}; inputs are never overwritten. Choose another "
+                               f"{flag}.")
     if out.is_dir():
         raise TrimtabError(f"{flag} {out} is a folder; give a file name such as metrics.json.")
     probe = next(p for p in out.resolve().parents if p.exists())
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise TrimtabError(f"cannot write {out} (in {probe}); choose another {flag} file.")
     if earlier is not None and out.is_file() and not earlier(out):
-        raise TrimtabError(f"{flag} {out} exists and is not a {kind}; choose another {flag} "
+        raise TrimtabError(f"{what} exists and is not a {kind}; choose another {flag} "
                            f"(only an earlier {kind} is replaced).")
     return out
 

@@ -184,7 +184,7 @@ def test_cli_warns_when_the_data_holds_no_refusals(quick_refs, tmp_path, capsys)
     assert "only 0 of 6 responses" in capsys.readouterr().err
 
 
-def test_a_folder_that_is_no_model_is_a_user_error(tmp_path, capsys):
+def test_a_folder_that_is_no_model_is_a_user_error(quick_refs, tmp_path, capsys, monkeypatch):
     from trimtab.cli import main
 
     empty = tmp_path / "empty"
@@ -194,8 +194,12 @@ def test_a_folder_that_is_no_model_is_a_user_error(tmp_path, capsys):
     assert "the folder has no config.json" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()
     # a --base that is no model fails before the aligned model's forward pass, not after
-    assert main(["safety-tokens", "--aligned", str(empty), "--base", str(empty), "--data",
-                 str(tmp_path / "t.json"), "--out", str(tmp_path / "t.json")]) == 2
+    import trimtab.safety_tokens as st
+
+    monkeypatch.setattr(st, "select_safety_tokens", lambda *a, **k: pytest.fail("selected"))
+    assert main(["safety-tokens", "--aligned", str(quick_refs.aligned), "--base", str(empty),
+                 "--world", "synthetic", "--quick", "--out", str(tmp_path / "t.json")]) == 2
+    assert f"no model at {empty}" in capsys.readouterr().err
 
 
 def test_out_never_overwrites_an_input_or_another_file(quick_refs, tmp_path, capsys):

@@ -420,17 +420,7 @@ def cmd_safety_tokens(args: argparse.Namespace) -> int:
     from trimtab.safety_tokens import SafetyTokenConfig, safety_tokens_command
 
     config = build_config(SafetyTokenConfig, args=args, yaml_path=args.config)
-    aligned, base = args.aligned, args.base
-    if aligned is None and args.world is None:
-        raise TrimtabError("--aligned is required without --world: pass the aligned model "
-                           "folder (and --base, its unaligned base, if you have it).")
-    if aligned is None:  # the world's references, as probe, recover and resta take them
-        from trimtab.demo import world_configs
-        from trimtab.worlds.synthetic.build import build_references
-
-        refs = build_references(*world_configs(args.quick), progress=False)
-        aligned, base = str(refs.aligned), base or str(refs.base)
-    tokens = safety_tokens_command(args.out, config, aligned=aligned, base=base,
+    tokens = safety_tokens_command(args.out, config, aligned=args.aligned, base=args.base,
                                    world=args.world, quick=args.quick, data=args.data,
                                    fields=args.field)
     print(tokens.describe())

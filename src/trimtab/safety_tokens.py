@@ -351,20 +351,31 @@ def _is_token_file(path: Path) -> bool:
     return True
 
 
-def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *, aligned: str,
-                          base: str | None = None, world: str | None = None,
-                          quick: bool = False, data: str | None = None,
-                          fields: Sequence[str] = ()) -> SafetyTokens:
-    """`trimtab safety-tokens`: pairs from a world's training refusals or a file; select; save."""
+def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *,
+                          aligned: str | None = None, base: str | None = None,
+                          world: str | None = None, quick: bool = False,
+                          data: str | None = None, fields: Sequence[str] = ()) -> SafetyTokens:
+    """`trimtab safety-tokens`: pairs from a world's training refusals or a file; select; save.
+    With `world` and no `aligned`, the world's aligned and base references are used (built
+    after every check of the arguments, not before)."""
     if (data is None) == (world is None):
         raise TrimtabError("give exactly one of --world synthetic (its training refusals) or "
                            "--data FILE (harmful prompts with refusals, e.g. --field "
                            "prompt=goal --field response=refusal).")
+    if aligned is None and world is None:
+        raise TrimtabError("--aligned is required without --world: pass the aligned model "
+                           "folder (and --base, its unaligned base, if you have it).")
     from trimtab.evaluation.results import check_out_file
     from trimtab.training.run import check_model_path
 
     out = check_out_file(out, inputs=(data, aligned, base), earlier=_is_token_file,
                          kind="safety-token file")
+    if aligned is None:  # the world's references, as probe, recover and resta take them
+        from trimtab.demo import world_configs
+        from trimtab.worlds.synthetic.build import build_references
+
+        refs = build_references(*world_configs(quick), progress=False)
+        aligned, base = str(refs.aligned), base or str(refs.base)
     for model in (aligned, base):  # before the aligned model's forward pass, not after
         if model is not None:
             check_model_path(model)

@@ -160,11 +160,6 @@ POSTHOC_SUMMARY = {
 }
 
 
-def _posthoc_config(step: str) -> type:
-    from trimtab.recovery.config import RecoverConfig, RestaConfig
-
-    return {"recover": RecoverConfig, "resta": RestaConfig}[step]
-
 
 def method_parts(name: str) -> list[type]:
     """The objective classes of a method name: one, or the parts of a composed `a+b`.
@@ -186,19 +181,19 @@ def method_parts(name: str) -> list[type]:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
+    from trimtab.recovery import POSTHOC_CONFIGS, SYNTHETIC_POSTHOC
     from trimtab.training.config import TrainConfig
 
-    name, step = args.method, None
-    if "+" in name and name.rsplit("+", 1)[1] in POSTHOC_SUMMARY:
-        name, step = name.rsplit("+", 1)
-    elif name in POSTHOC_SUMMARY:
-        name, step = "", name
-    if step is not None:
-        from trimtab.recovery import SYNTHETIC_POSTHOC
+    if args.method in POSTHOC_CONFIGS:
+        name, step = "", args.method
+    else:
+        from trimtab.pipeline import split_method
 
+        name, step = split_method(args.method)  # `sft+recover` -> sft, then recover
+    if step is not None:
         print(f"# {step}: options of the post-hoc step (`trimtab {step} --help`)")
-        print(format_config_table(_posthoc_config(step)))
-        default = config_to_dict(_posthoc_config(step)())
+        print(format_config_table(POSTHOC_CONFIGS[step]))
+        default = config_to_dict(POSTHOC_CONFIGS[step]())
         preset = {k: v for k, v in config_to_dict(SYNTHETIC_POSTHOC[step]).items()
                   if default[k] != v}
         changes = f"sets {preset}" if preset else "changes none of them"

@@ -1028,7 +1028,8 @@ def set_yaml_defaults(sub: argparse.ArgumentParser, mapping: Mapping[Any, Any],
         if action.choices is not None and value not in action.choices:
             raise TrimtabError(f"{path}: {key}: {value!r} is not one of "
                                f"{', '.join(map(str, action.choices))}.")
-        if isinstance(action, argparse._AppendAction):
+        if (isinstance(action, argparse._AppendAction)  # not extend: its values are flat
+                and not isinstance(action, argparse._ExtendAction)):
             # argparse appends flags to a list default; a flag should replace it instead
             value = _FromYaml(value if isinstance(value, list) else [value])
             action.__class__ = _AppendReplacingYaml

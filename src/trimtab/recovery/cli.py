@@ -77,6 +77,9 @@ def _prompts(path: str, fields: list[str]) -> list[str]:
     from trimtab.data.loaders import load_records, parse_field_mapping
 
     if Path(path).suffix == ".txt":
+        if fields:
+            raise TrimtabError(f"{path} is plain text, one prompt per line: it has no columns "
+                               "for --harmful-field to map; leave it out.")
         if not Path(path).is_file():
             raise TrimtabError(f"no such file {path}; check the path.")
         lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]

@@ -130,8 +130,10 @@ def apply_lora(model: Any, config: TrainConfig) -> Any:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     targets = [m for m in config.lora_target_modules if m in names]
     if not targets:
+        from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if isinstance(m, torch.nn.Linear)})
+                         if isinstance(m, torch.nn.Linear | Conv1D)} - {"lm_head"})
         raise TrimtabError(
             f"none of lora_target_modules {config.lora_target_modules} exist in this model; "
             f"pick from its linear layers: {', '.join(linear[:12])}."
@@ -208,6 +210,14 @@ def finetune(
         check_output_dir(output_dir, model_path, reference_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
+    # refusals that need no model come before the setup's minutes of scoring and caching
+    check_sharding(objective)
+    checkpoints = checkpoint_dir(output_dir) if (output_dir and config.save_steps) else None
+    resume_from = None
+    if checkpoints is not None:
+        fingerprint = run_fingerprint(model_path, reference_path, base_path, objective, config,
+                                      features)
+        resume_from = prepare_checkpoints(checkpoints, fingerprint, config.resume)
     from trimtab.cache import artifacts_root
 
     objective.setup(TrainingContext(
@@ -224,7 +234,6 @@ def finetune(
         model.config.use_cache = False
     if config.lora:
         model = apply_lora(model, config)
-    check_sharding(objective)
     reference = None
     if objective.needs_reference:
         # the adapter-off policy runs outside the wrapper's forward: whole weights only
@@ -234,11 +243,6 @@ def finetune(
         else:
             frozen = load_model(reference_path or model_path, config, frozen=True)
             reference = Reference(model, frozen)
-    checkpoints = checkpoint_dir(output_dir) if (output_dir and config.save_steps) else None
-    resume_from = None
-    if checkpoints is not None:
-        fingerprint = run_fingerprint(model_path, reference_path, objective, config, features)
-        resume_from = prepare_checkpoints(checkpoints, fingerprint, config.resume)
     with tempfile.TemporaryDirectory(prefix="trimtab-trainer-") as scratch:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun
         args = config.training_arguments(str(checkpoints or scratch), len(features), world_size)
@@ -309,8 +313,8 @@ def _plain(value: Any) -> Any:
 
 
 def run_fingerprint(model_path: str | os.PathLike, reference_path: str | os.PathLike | None,
-                    objective: Objective, config: TrainConfig, features: Sequence[dict]
-                    ) -> dict[str, Any]:
+                    base_path: str | os.PathLike | None, objective: Objective,
+                    config: TrainConfig, features: Sequence[dict]) -> dict[str, Any]:
     """What a run trains: its models, method and settings, and a hash of its tokenized
     data. A checkpoint is resumed only by the run that wrote it."""
     def where(path: str | os.PathLike) -> str:
@@ -321,6 +325,7 @@ def run_fingerprint(model_path: str | os.PathLike, reference_path: str | os.Path
         data.update(json.dumps([f["input_ids"], f["labels"]]).encode())
     train = {k: v for k, v in config_to_dict(config).items() if k not in UNFINGERPRINTED}
     return {"model": where(model_path), "reference": where(reference_path or model_path),
+            "base": where(base_path) if base_path is not None else None,
             "method": objective.name, "method_config": _plain(objective.config),
             "train": train, "data": data.hexdigest()[:16]}
 
@@ -372,10 +377,11 @@ def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any], resume: bool)
 
 def latest_checkpoint(folder: Path) -> Path | None:
     """The newest `checkpoint-N` that was written completely (its trainer state comes last)."""
-    if not folder.is_dir():
+    try:  # another process may be clearing an earlier run's folder (`prepare_checkpoints`)
+        done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()
+                and p.name.split("-")[-1].isdigit()]
+    except FileNotFoundError:
         return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()
-            and p.name.split("-")[-1].isdigit()]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
@@ -394,12 +400,14 @@ SAVED_FILES = re.compile(
 
 def written_by_save(path: Path) -> bool:
     """Whether `path` is a file a model save writes. A README.md counts only as the model
-    card PEFT writes (YAML front matter first), not as the user's own notes."""
+    card PEFT writes (`library_name: peft` in its front matter), not as the user's own."""
     if not (path.is_file() and SAVED_FILES.fullmatch(path.name)):
         return False
-    if path.name == "README.md":
+    if path.name == "README.md":  # PEFT's card: YAML front matter naming the library
         with path.open(errors="replace") as f:
-            return f.read(4).startswith("---")
+            head = f.read(2000)
+        front = head.split("---")[1] if head.startswith("---") and head.count("---") > 1 else ""
+        return "library_name: peft" in front
     return True
 
 

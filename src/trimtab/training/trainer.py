@@ -48,7 +48,8 @@ class AlignmentTrainer(Trainer):
         On one process a skipped batch gets a zero loss with no path to the weights, so the
         optimiser step leaves them as they were. Under DDP every rank must still send its
         gradients to the all-reduce (else its peers wait for it, and the ranks' weights would
-        drift apart), so the skipped batch sends zeros and the step uses the other ranks'.
+        drift apart), so the skipped batch sends zeros: the averaged step is the other ranks'
+        gradients scaled by (n - 1) / n.
         The count is reported in the logs and the result.
         """
         step = self.state.global_step

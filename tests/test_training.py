@@ -225,7 +225,8 @@ def test_skipping_nan_batches_counts_them_and_leaves_weights_finite(tiny_model):
     assert max(log.get("skipped_nonfinite_batches", 0) for log in result.log_history) == 2
 
 
-def test_sharded_weights_refuse_sampling_and_copy_the_lora_reference(tiny_model, monkeypatch):
+def test_sharded_weights_refuse_sampling_and_copy_the_lora_reference(tiny_model, monkeypatch,
+                                                                     tmp_path):
     """Under FSDP or ZeRO-3 (as `accelerate launch` announces them), `gated` is refused before
     any step, and a LoRA reference is a frozen copy, not the adapter-off policy, whose
     unwrapped forward would see sharded weights."""
@@ -237,7 +238,16 @@ def test_sharded_weights_refuse_sampling_and_copy_the_lora_reference(tiny_model,
     assert run.sharded_weights() is None  # ZeRO-2 keeps whole weights
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     assert run.sharded_weights() == "DeepSpeed ZeRO-3"
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")  # the stage in a DeepSpeed JSON file
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 3}}')
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ds))
+    assert run.sharded_weights() == "DeepSpeed ZeRO-3"
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "NO_SHARD")  # whole weights: fine
+    assert run.sharded_weights() is None
+    monkeypatch.delenv("FSDP_SHARDING_STRATEGY")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     for objective in (get_method("gated")(),
                       CompositeObjective([get_method("pact")(), get_method("gated")()])):

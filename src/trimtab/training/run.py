@@ -146,12 +146,20 @@ def apply_lora(model: Any, config: TrainConfig) -> Any:
 
 def sharded_weights() -> str | None:
     """"FSDP" or "DeepSpeed ZeRO-3" when `accelerate launch` shards the weights, else None."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+    env = os.environ
+    if (env.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+            and env.get("FSDP_SHARDING_STRATEGY", "").upper() not in ("NO_SHARD", "3")):
         return "FSDP"
-    if (os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
-        return "DeepSpeed ZeRO-3"
-    return None
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return None
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    if stage is None and env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):  # a DeepSpeed JSON file
+        try:
+            ds = json.loads(Path(env["ACCELERATE_DEEPSPEED_CONFIG_FILE"]).read_text())
+            stage = str(ds.get("zero_optimization", {}).get("stage"))
+        except (OSError, ValueError, AttributeError):
+            stage = None
+    return "DeepSpeed ZeRO-3" if stage == "3" else None
 
 
 def check_sharding(objective: Objective) -> None:

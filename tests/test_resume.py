@@ -18,8 +18,9 @@ from test_training import RECORDS, tiny_model  # noqa: F401  (a fixture)
 
 from trimtab.errors import TrimtabError
 from trimtab.objectives import get_method
+from trimtab.training.checkpoints import checkpoint_dir, latest_checkpoint
 from trimtab.training.config import TrainConfig
-from trimtab.training.run import checkpoint_dir, finetune, latest_checkpoint
+from trimtab.training.run import finetune
 
 # Runs in a child process: train 8 steps with a checkpoint every 2, and (when asked) kill
 # itself with SIGKILL as step 5 ends, after the checkpoint of step 4 was written.

@@ -160,7 +160,6 @@ POSTHOC_SUMMARY = {
 }
 
 
-
 def method_parts(name: str) -> list[type]:
     """The objective classes of a method name: one, or the parts of a composed `a+b`.
 
@@ -326,9 +325,9 @@ def cmd_train(argv: Sequence[str]) -> int:
         raise TrimtabError("--task picks one of the synthetic world's tasks: use it with "
                            "--world synthetic (a --data file is the task).")
     if args.reference is not None and not objective.needs_reference:
-        from trimtab.objectives.registry import get_method, list_methods
+        from trimtab.objectives.registry import METHODS
 
-        users = ", ".join(m for m in list_methods() if get_method(m).needs_reference)
+        users = ", ".join(m for m, cls in sorted(METHODS.items()) if cls.needs_reference)
         raise TrimtabError(f"{args.method} uses no reference model; leave out --reference "
                            f"(methods that do: {users}).")
     n_to_mix(1, args.harmful_fraction)  # range check before minutes of building

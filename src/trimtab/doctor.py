@@ -56,9 +56,9 @@ def _real_models(cache: Path) -> dict[str, Any]:
     """Which pip-packaged real models `trimtab models prepare` has converted, and where."""
     from trimtab.models import MODELS, model_dir
 
-    return {name: {"folder": str(model_dir(name, cache)),
-                   "prepared": (model_dir(name, cache) / "config.json").is_file()}
-            for name in MODELS}
+    folders = {name: model_dir(name, cache) for name in MODELS}
+    return {name: {"folder": str(folder), "prepared": (folder / "config.json").is_file()}
+            for name, folder in folders.items()}
 
 
 def diagnose() -> dict[str, Any]:

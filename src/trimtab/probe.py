@@ -373,21 +373,14 @@ def world_probe(model: Any, tokenizer: Any, model_path: str | os.PathLike, world
 def _check_probe_out(out: Path, *inputs: str | None) -> None:
     """Refuse an output that would overwrite an input or a file that is not a probe: the
     probe and its `.json` replace whatever is at those two paths."""
-    from trimtab.evaluation.results import check_out_file
+    from trimtab.evaluation.results import accepted_by, check_out_file
 
-    def is_probe(path: Path) -> bool:
-        try:
-            load_probe(path)
-        except TrimtabError:
-            return False
-        return True
-
-    check_out_file(out, inputs=inputs, earlier=is_probe, kind="probe file")
+    check_out_file(out, inputs=inputs, earlier=accepted_by(load_probe), kind="probe file")
     sidecar = out.with_suffix(".json")
     check_out_file(sidecar, inputs=inputs, label=f"--out {out} (its {sidecar.name})")
-    if not out.exists() and out.with_suffix(".json").exists():
-        raise TrimtabError(f"--out {out} would overwrite {out.with_suffix('.json')}, which "
-                           "belongs to no probe; choose another --out.")
+    if not out.exists() and sidecar.exists():
+        raise TrimtabError(f"--out {out} would overwrite {sidecar}, which belongs to no "
+                           "probe; choose another --out.")
 
 
 def fit_probe_command(out: str | os.PathLike, config: ProbeConfig, *, model: str | None = None,

@@ -343,14 +343,6 @@ def restricted_logits(model: Any, batch: dict[str, torch.Tensor], token_ids: tor
     return torch.nn.functional.linear(hidden.to(head.weight.dtype), head.weight[token_ids], bias)
 
 
-def _is_token_file(path: Path) -> bool:
-    try:
-        SafetyTokens.load(path)
-    except TrimtabError:
-        return False
-    return True
-
-
 def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *,
                           aligned: str | None = None, base: str | None = None,
                           world: str | None = None, quick: bool = False,
@@ -365,10 +357,10 @@ def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *,
     if aligned is None and world is None:
         raise TrimtabError("--aligned is required without --world: pass the aligned model "
                            "folder (and --base, its unaligned base, if you have it).")
-    from trimtab.evaluation.results import check_out_file
+    from trimtab.evaluation.results import accepted_by, check_out_file
     from trimtab.training.run import check_model_path
 
-    out = check_out_file(out, inputs=(data, aligned, base), earlier=_is_token_file,
+    out = check_out_file(out, inputs=(data, aligned, base), earlier=accepted_by(SafetyTokens.load),
                          kind="safety-token file")
     if aligned is None:  # the world's references, as probe, recover and resta take them
         from trimtab.demo import world_configs

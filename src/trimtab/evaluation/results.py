@@ -308,6 +308,19 @@ def check_out_file(out: str | os.PathLike[str], flag: str = "--out", *,
     return out
 
 
+def accepted_by(load: Callable[[Path], Any]) -> Callable[[Path], bool]:
+    """An `earlier` test for `check_out_file`: whether `load` reads the file without a
+    `TrimtabError` (an earlier probe, token set, ...)."""
+    def test(path: Path) -> bool:
+        try:
+            load(path)
+        except TrimtabError:
+            return False
+        return True
+
+    return test
+
+
 def is_metrics_file(path: Path) -> bool:
     """Whether `path` holds metrics as `trimtab evaluate --out` writes them."""
     try:

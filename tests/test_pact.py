@@ -14,7 +14,13 @@ from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.objectives import get_method
 from trimtab.objectives.base import TrainingContext, response_mask
-from trimtab.objectives.pact import PACTConfig, PACTObjective, binary_kl, safety_token_kl
+from trimtab.objectives.pact import (
+    PACTConfig,
+    PACTObjective,
+    binary_kl,
+    columns,
+    safety_token_kl,
+)
 from trimtab.objectives.sft import SFTObjective
 from trimtab.safety_tokens import SafetyTokens, restricted_logits, vocab_hash
 from trimtab.training.config import TrainConfig
@@ -141,6 +147,73 @@ def test_pact_makes_no_full_vocabulary_tensor_beyond_what_sft_makes(tokenizer, b
     assert n_sft > 0
     assert n_pact == n_sft  # the safety term indexes logits[..., S]: only (n, k) tensors
     assert n_kl > n_sft  # the check can fail: a full-vocabulary KL is caught
+
+
+def _backward_allocations(loss: torch.Tensor, min_bytes: int) -> list[tuple[str, int]]:
+    """(op, bytes) of every allocation of at least `min_bytes` while `loss` backpropagates.
+
+    Read from the profiler, which holds no tensor: a TorchDispatchMode would keep references
+    that stop autograd from adding gradients in place, and so change what it measures."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+    return sorted((e.name, e.cpu_memory_usage) for e in prof.events()
+                  if e.cpu_memory_usage >= min_bytes)
+
+
+@pytest.mark.parametrize("mass_weight", [0.0, 1.0])
+def test_pact_backward_makes_no_full_vocabulary_tensor_beyond_what_sft_makes(
+        tokenizer, batch, objective, mass_weight):
+    vocab = 257
+    policy = tiny_llama(vocab)
+    reference = Reference(policy, tiny_llama(vocab, seed=1))
+    objective.config = PACTConfig(mass_weight=mass_weight)
+    n_v = int(response_mask(batch["labels"]).sum()) * vocab * 4  # one (n, V) float32 tensor
+    runs = {}
+    for name, run in {"sft": lambda: SFTObjective()(policy, batch),
+                      "pact": lambda: objective(policy, batch, reference),
+                      "kl": lambda: get_method("kl")()(policy, batch, reference)}.items():
+        runs[name] = _backward_allocations(run().loss, n_v)
+        policy.zero_grad()
+    assert runs["sft"]  # the CE's gradient of the logits, the lm_head's weight gradient
+    assert runs["pact"] == runs["sft"]
+    assert len(runs["kl"]) > len(runs["sft"])  # the check can fail: a full-vocabulary KL is caught
+
+
+def _ce_plus_columns(logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
+                     pick) -> torch.Tensor:
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    picked = pick(logits[: len(index)], index)
+    lse = nll[: len(index)] + picked[:, -1]
+    return nll.mean() + (torch.log_softmax(picked[:, :-1] / 2, -1)[:, 0] - lse).pow(2).mean()
+
+
+@pytest.mark.parametrize("prefix_view", [False, True])
+def test_sparse_column_gradient_equals_the_dense_one_bit_for_bit(prefix_view):
+    """The column pick pact uses sums gradients in the dense path's order, also where a
+    row's target is one of the picked columns, and also on a view of the first rows (the
+    training rows of `pact+gated`'s stacked forward)."""
+    torch.manual_seed(0)
+    n, vocab = 48, 257
+    ids = torch.randperm(vocab)[:6]
+    targets = ids[torch.randint(0, 6, (n,))]  # most targets are picked columns too
+    targets[::4] = torch.randint(0, vocab, (n // 4,))
+    rows = n // 2 if prefix_view else n
+    index = torch.cat([ids.expand(rows, -1), targets[:rows, None]], 1)
+    x = torch.randn(n, 32)
+    w = torch.randn(32, vocab)
+    grads = []
+    for pick in (lambda lg, ix: lg.gather(1, ix), columns):
+        leaf = x.clone().requires_grad_(True)
+        logits = leaf @ w
+        loss = _ce_plus_columns(logits, index, targets, pick)
+        made = _backward_allocations(loss, n * vocab * 4)
+        grads.append((loss.detach(), leaf.grad, len(made)))
+    (loss_dense, grad_dense, n_dense), (loss_sparse, grad_sparse, n_sparse) = grads
+    assert torch.equal(loss_dense, loss_sparse)
+    assert torch.equal(grad_dense, grad_sparse)
+    assert n_sparse < n_dense  # and the dense gather's zeros buffer is gone
 
 
 def test_training_pushes_zero_weight_tokens_down_within_the_set(tokenizer, batch, objective):

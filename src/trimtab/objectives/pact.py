@@ -76,6 +76,47 @@ class PACTConfig(CheckedConfig):
                                          "forward per step", min=0.0)
 
 
+class _Columns(torch.autograd.Function):
+    """`logits.gather(1, index)` with a sparse gradient: (n, V) in shape, n * k numbers in
+    memory. Autograd adds it in place into the CE's dense (n, V) gradient, where indexing
+    would first build a second (n, V) tensor of zeros with the k columns filled in. Coalescing
+    sums a column picked twice in a row (a target that is also a safety token) before that
+    add, which is the order the dense path adds in: the gradients are equal bit for bit."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.logits_shape = logits.shape
+        return logits.gather(1, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (index,) = ctx.saved_tensors
+        rows = torch.arange(index.shape[0], device=index.device)
+        coords = torch.stack([rows.repeat_interleave(index.shape[1]), index.reshape(-1)])
+        sparse = torch.sparse_coo_tensor(coords, grad.reshape(-1), ctx.logits_shape,
+                                         check_invariants=False)
+        return sparse.coalesce(), None
+
+
+def columns(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`logits.gather(1, index)` (n, k), without an (n, V) tensor in the backward.
+
+    The sparse gradient must meet a dense one on the same tensor (the CE's), since the view
+    and index nodes upstream take only dense gradients. So a view of the first rows of a
+    larger tensor (`pact+gated`'s training rows within its one stacked forward) is gathered
+    from that tensor, whose rows it shares; any other view gets the ordinary dense gradient.
+    """
+    base = logits._base
+    if (base is not None and base.dim() == 2 and logits.stride() == base.stride()
+            and logits.storage_offset() == base.storage_offset()
+            and logits.shape[1] == base.shape[1]):
+        logits, base = base, None  # gather allows fewer index rows than the input has
+    if base is not None:
+        return logits.gather(1, index)
+    return _Columns.apply(logits, index)
+
+
 def binary_kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """KL(Bernoulli(a) || Bernoulli(b)) from log a and log b, elementwise."""
     log_a, log_b = log_a.clamp(max=-1e-7), log_b.clamp(max=-1e-7)
@@ -190,7 +231,13 @@ class PACTObjective(Objective):
         cfg = self.config
         device = resp.logits.device
         ids, weights = self._ids.to(device), self._weights.to(device)
-        policy_s = resp.logits[:, ids]  # (n, k): an index of the logits the CE already needs
+        # (n, k) columns of the logits the CE already needs (with the mass term, also each
+        # row's target logit), picked in one gather whose gradient is sparse
+        index = ids.expand(len(resp.logits), -1)
+        if cfg.mass_weight > 0:
+            index = torch.cat([index, resp.targets[:, None]], 1)
+        picked = columns(resp.logits, index)
+        policy_s = picked[:, :len(ids)]
         ref_s = self._reference_logits(batch, reference, ids)
         first = resp.position < cfg.first_positions
         w = torch.where(first, cfg.first_weight, 1.0)
@@ -199,7 +246,7 @@ class PACTObjective(Objective):
             ref_s, ref_lse = ref_s[:, :-1], ref_s[:, -1]
             nll = token_nll(resp) if nll is None else nll
             # log-sum-exp of the policy's logits, recovered from the CE: nll = lse - logit[y]
-            lse = nll + resp.logits.gather(1, resp.targets[:, None]).squeeze(1).float()
+            lse = nll + picked[:, -1].float()
             on = weights > 0
             log_m = torch.logsumexp(policy_s[:, on].float() - lse[:, None], -1)
             log_m_ref = torch.logsumexp(ref_s[:, on].float() - ref_lse[:, None].float(), -1)

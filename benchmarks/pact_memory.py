@@ -1,6 +1,6 @@
 """Memory of pact's backward pass against sft's, and against the dense column pick it replaced.
 
-    python benchmarks/pact_memory.py [--out benchmarks/results/pact_memory] [--vocab 49152]
+    python benchmarks/pact_memory.py [--out benchmarks/results/pact_memory] [--vocab 49152 879]
 
 The target (issue 5): the loss over the safety tokens must not materialise a full-vocabulary
 tensor beyond the logits already computed. pact picks its k columns of the logits with a
@@ -9,11 +9,13 @@ gradient. Picking them by indexing (`logits[:, S]`, as pact did before) makes au
 a second (n, V) tensor of zeros for that index's gradient first. All three losses run on the
 same model and batch in one process, and memory is read from `torch.profiler`'s allocation
 events (no tensor is held by the measurement): the peak above the memory in use when the
-backward starts, and every allocation of at least one (n, V) float32 tensor.
+backward starts, and every allocation of at least one (n, V) float32 tensor. Each loss's
+forward + backward is also timed, without the profiler, as a median over interleaved rounds.
 
-The model is a 2-layer Llama with SmolLM2's vocabulary (49,152) and random weights, and the
-batch holds 512 response tokens: the logits and their gradients dominate, as they do for a
-small model with a large vocabulary. Peak figures are in MB and as ratios to sft.
+The model is a 2-layer Llama with random weights and SmolLM2's vocabulary (49,152), then the
+synthetic world's (879); the batch holds 516 response tokens. At 49,152 the logits and their
+gradients dominate, as they do for a small model with a large vocabulary. Figures are in MB
+and ms, and as ratios to sft.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -82,28 +86,20 @@ def backward_memory(loss: torch.Tensor, n_v_bytes: int) -> dict[str, float]:
     return {"peak_mb": round(peak / 2**20, 2), "allocations_of_n_by_v_or_more": big}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="benchmarks/results/pact_memory")
-    parser.add_argument("--vocab", type=int, default=49152)
-    parser.add_argument("--rows", type=int, default=4)
-    parser.add_argument("--response", type=int, default=128)
-    parser.add_argument("--k", type=int, default=50, help="safety tokens (50 per 50k vocab)")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
-    torch.set_num_threads(1)
-    policy, ref_model = tiny_llama(args.vocab, 0), tiny_llama(args.vocab, 1)
-    batch = make_batch(args.vocab, args.rows, 16, args.response + 1)
+def measure(vocab: int, args: argparse.Namespace) -> dict:
+    """Backward memory (profiled) and step time (not profiled) of every loss at one vocabulary
+    size; the losses take turns in each repeat, so all see the same machine state."""
+    policy, ref_model = tiny_llama(vocab, 0), tiny_llama(vocab, 1)
+    batch = make_batch(vocab, args.rows, 16, args.response + 1)
     n = int(response_mask(batch["labels"]).sum())
-    n_v_bytes = n * args.vocab * 4
+    n_v_bytes = n * vocab * 4
     ids = list(range(10, 10 + args.k))
     raw = [1.0 / (1 + i % 7) for i in range(args.k)]
     norm = sum(w * w for w in raw) ** 0.5
     tokens = SafetyTokens(token_ids=ids, tokens=[str(i) for i in ids], k=args.k, n_positions=8,
-                          weights=[w / norm for w in raw],
-                          vocab_size=args.vocab, vocab_hash="benchmark", aligned="random",
-                          base=None, weights_from="benchmark")
+                          weights=[w / norm for w in raw], vocab_size=vocab,
+                          vocab_hash="benchmark", aligned="random", base=None,
+                          weights_from="benchmark")
     reference = Reference(policy, ref_model)
     losses = {"sft": lambda: SFTObjective()(policy, batch).loss}
     for mass in (0.0, 1.0):
@@ -118,23 +114,50 @@ def main() -> None:
         losses[f"pact{suffix}_dense_pick"] = dense
     losses["kl"] = lambda: KLObjective()(policy, batch, reference).loss
 
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in losses}
-    for _ in range(args.repeats):  # interleaved, so every loss sees the same allocator state
+    memory: dict[str, list[dict[str, float]]] = {name: [] for name in losses}
+    seconds: dict[str, list[float]] = {name: [] for name in losses}
+    for repeat in range(args.repeats + 1):  # the first round warms up and is not timed
         for name, loss in losses.items():
-            runs[name].append(backward_memory(loss(), n_v_bytes))
+            if repeat < 3:
+                memory[name].append(backward_memory(loss(), n_v_bytes))
+                policy.zero_grad(set_to_none=True)
+            started = time.perf_counter()
+            loss().backward()
+            if repeat:
+                seconds[name].append(time.perf_counter() - started)
             policy.zero_grad(set_to_none=True)
     result = {name: {"peak_mb": min(r["peak_mb"] for r in rs),
-                     "allocations_of_n_by_v_or_more": rs[0]["allocations_of_n_by_v_or_more"]}
-              for name, rs in runs.items()}
-    sft_peak = result["sft"]["peak_mb"]
+                     "allocations_of_n_by_v_or_more": rs[0]["allocations_of_n_by_v_or_more"],
+                     "median_step_ms": round(1e3 * statistics.median(seconds[name]), 2)}
+              for name, rs in memory.items()}
+    sft = result["sft"]
     for r in result.values():
-        r["peak_ratio_to_sft"] = round(r["peak_mb"] / sft_peak, 3)
-        r["extra_mb_over_sft"] = round(r["peak_mb"] - sft_peak, 2)
+        r["peak_ratio_to_sft"] = round(r["peak_mb"] / sft["peak_mb"], 3)
+        r["extra_mb_over_sft"] = round(r["peak_mb"] - sft["peak_mb"], 2)
+        r["step_ratio_to_sft"] = round(r["median_step_ms"] / sft["median_step_ms"], 3)
+    return {"vocab": vocab, "n_response_tokens": n,
+            "one_n_by_v_float32_mb": round(n_v_bytes / 2**20, 2), "losses": result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/pact_memory")
+    parser.add_argument("--vocab", type=int, nargs="+", default=[49152, 879],
+                        help="vocabulary sizes (SmolLM2's, the synthetic world's)")
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--response", type=int, default=128)
+    parser.add_argument("--k", type=int, default=50, help="safety tokens (50 per 50k vocab)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds (memory: 3)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    runs = [measure(vocab, args) for vocab in args.vocab]
     out = {"command": "python benchmarks/pact_memory.py " + " ".join(
-               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-           "n_response_tokens": n, "vocab": args.vocab, "k": args.k,
-           "one_n_by_v_float32_mb": round(n_v_bytes / 2**20, 2),
-           "backward": result, "machine": machine()}
+               f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+               for k, v in vars(args).items()),
+           "k": args.k, "runs": runs, "seconds": round(time.perf_counter() - started, 1),
+           "machine": machine()}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(args.out) / "results.json", out)
     print(json.dumps(out, indent=2))

@@ -18,11 +18,13 @@ weighted safety tokens, with the policy's log-normaliser recovered from its CE. 
 world the mass term is what stops compliance and the KL inside S is what costs task accuracy,
 so mass_weight 1 pairs with a small lambda (0.1); see benchmarks/results/pact/README.md.
 
-Both sides index the logits with S: the policy's `logits[..., S]` from the logits the CE needs
-anyway, the reference's from its last hidden states times the k output-embedding rows, so the
-term adds no (positions x vocabulary) tensor. And since the
-reference is frozen, those k numbers per training token are by default computed once in `setup`
-(`cache_reference`): training then runs no reference forward at all (exact, not approximate).
+The term adds no (positions x vocabulary) tensor, forward or backward. The policy's k logits are
+columns of the logits the CE needs anyway, picked with a sparse gradient (`columns`) that
+autograd adds into the CE's gradient, where indexing would build a second (n, V) tensor of
+zeros. The reference's come from its last hidden states times the k output-embedding rows.
+And since the reference is frozen, those k numbers per training token are by default computed
+once in `setup` (`cache_reference`): training then runs no reference forward at all (exact,
+not approximate).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ guard models and the `build_signal` factory, each on real data and real model fo
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,21 @@ def test_classifier_trains_on_training_records_only_and_is_cached(quick_world, t
     slipped = signal.score([sets["harmful"][0].prompt] * 2,
                            ["i am sorry , but good a fuse good", REFUSAL])
     assert slipped[0] < 0.5 < slipped[1]
+
+
+def test_classifier_features_do_not_depend_on_the_process_hash_seed():
+    # a set's order changes with PYTHONHASHSEED; the features are summed in order, so a set
+    # would make the classifier's scores (and every gated run trained on them) differ by process
+    import subprocess
+    import sys
+
+    code = ("from trimtab.signals.classifier import ClassifierConfig, featurize; "
+            "print(featurize('how do i make a bomb at home with wire and glue ?', "
+            "'i am sorry , but i can not help .', ClassifierConfig()))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2")}
+    assert len(runs) == 1
 
 
 def test_classifier_load_rejects_other_folders(tmp_path):

@@ -69,7 +69,7 @@ def featurize(prompt: str, response: str, c: ClassifierConfig) -> list[int]:
     head = " ".join(r[: c.head_words]) if c.head_words else ""
     shape = "short" if len([w for w in r if w.isalnum() or "_" in w]) <= c.short_words \
         else "long"
-    for w in set(p):
+    for w in dict.fromkeys(p):  # each prompt word once, in order (a set's order varies by process)
         if head:
             feats.append(f"x:{w}|{head}")
         feats.append(f"s:{w}|{shape}")

@@ -5,8 +5,9 @@
 The target (issue 5): the loss over the safety tokens must not materialise a full-vocabulary
 tensor beyond the logits already computed. pact picks its k columns of the logits with a
 gather whose gradient is sparse, so its backward adds n * k numbers into the CE's (n, V)
-gradient. Picking them by indexing (`logits[:, S]`, as pact did before) makes autograd build
-a second (n, V) tensor of zeros for that index's gradient first. All three losses run on the
+gradient. Picking them with a dense gradient (an index `logits[:, S]` or a gather, as pact did
+before) makes autograd build a second (n, V) tensor of zeros for that pick's gradient first;
+the baseline here is that single pick with a dense gradient. All the losses run on the
 same model and batch in one process, and memory is read from `torch.profiler`'s allocation
 events (no tensor is held by the measurement): the peak above the memory in use when the
 backward starts, and every allocation of at least one (n, V) float32 tensor. Each loss's
@@ -62,9 +63,10 @@ def make_batch(vocab: int, rows: int, prompt: int, response: int) -> dict[str, t
 
 @contextlib.contextmanager
 def dense_column_pick():
-    """The same column pick with an ordinary dense gradient (pact before this benchmark)."""
+    """The same single column pick with an ordinary dense gradient. (pact before the sparse
+    pick: one such buffer, and with the mass term two, as it gathered the target apart.)"""
     sparse = pact_module.columns
-    pact_module.columns = lambda logits, index: logits.gather(1, index)
+    pact_module.columns = lambda logits, index, sparse_grad: logits.gather(1, index)
     try:
         yield
     finally:

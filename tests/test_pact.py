@@ -13,7 +13,13 @@ from trimtab.cache import artifacts_root
 from trimtab.data.records import Record
 from trimtab.errors import TrimtabError
 from trimtab.objectives import get_method
-from trimtab.objectives.base import TrainingContext, response_mask
+from trimtab.objectives.base import (
+    TrainingContext,
+    forward_logits,
+    response_mask,
+    select_response,
+)
+from trimtab.objectives.composite import CompositeObjective
 from trimtab.objectives.pact import (
     PACTConfig,
     PACTObjective,
@@ -171,49 +177,70 @@ def test_pact_backward_makes_no_full_vocabulary_tensor_beyond_what_sft_makes(
     objective.config = PACTConfig(mass_weight=mass_weight)
     n_v = int(response_mask(batch["labels"]).sum()) * vocab * 4  # one (n, V) float32 tensor
     runs = {}
+    composed = CompositeObjective([SFTObjective(), objective])  # pact's term on sft's logits
     for name, run in {"sft": lambda: SFTObjective()(policy, batch),
                       "pact": lambda: objective(policy, batch, reference),
+                      "sft+pact": lambda: composed(policy, batch, reference),
                       "kl": lambda: get_method("kl")()(policy, batch, reference)}.items():
         runs[name] = _backward_allocations(run().loss, n_v)
         policy.zero_grad()
     assert runs["sft"]  # the CE's gradient of the logits, the lm_head's weight gradient
     assert runs["pact"] == runs["sft"]
+    assert runs["sft+pact"] == runs["sft"]
     assert len(runs["kl"]) > len(runs["sft"])  # the check can fail: a full-vocabulary KL is caught
 
 
-def _ce_plus_columns(logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
-                     pick) -> torch.Tensor:
+def _pact_like_loss(logits: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor, rows: int,
+                    sparse: bool) -> torch.Tensor:
+    """CE on all rows plus a mass-term-like function of the first `rows` rows' safety-token and
+    target logits, picked as pact picks them now (`sparse`) or as it did before: `logits[:, S]`
+    and a separate gather of the target logit."""
     nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-    picked = pick(logits[: len(index)], index)
-    lse = nll[: len(index)] + picked[:, -1]
-    return nll.mean() + (torch.log_softmax(picked[:, :-1] / 2, -1)[:, 0] - lse).pow(2).mean()
+    view = logits[:rows]
+    if sparse:
+        picked = columns(view, torch.cat([ids.expand(rows, -1), targets[:rows, None]], 1),
+                         sparse_grad=True)
+        policy_s, target_logit = picked[:, :-1], picked[:, -1]
+    else:
+        policy_s, target_logit = view[:, ids], view.gather(1, targets[:rows, None]).squeeze(1)
+    lse = nll[:rows] + target_logit
+    return nll.mean() + (torch.log_softmax(policy_s / 2, -1)[:, 0] - lse).pow(2).mean()
 
 
-@pytest.mark.parametrize("prefix_view", [False, True])
-def test_sparse_column_gradient_equals_the_dense_one_bit_for_bit(prefix_view):
-    """The column pick pact uses sums gradients in the dense path's order, also where a
-    row's target is one of the picked columns, and also on a view of the first rows (the
-    training rows of `pact+gated`'s stacked forward)."""
+@pytest.mark.parametrize("rows", [48, 24])
+def test_sparse_column_gradient_equals_the_dense_one_bit_for_bit(rows):
+    """The column pick sums gradients in the order pact's dense pick did, also where a row's
+    target is one of the picked columns, and also on a view of the first rows (24 of 48: the
+    training rows of `pact+gated`'s stacked forward); the dense pick's buffers are gone."""
     torch.manual_seed(0)
     n, vocab = 48, 257
     ids = torch.randperm(vocab)[:6]
     targets = ids[torch.randint(0, 6, (n,))]  # most targets are picked columns too
     targets[::4] = torch.randint(0, vocab, (n // 4,))
-    rows = n // 2 if prefix_view else n
-    index = torch.cat([ids.expand(rows, -1), targets[:rows, None]], 1)
-    x = torch.randn(n, 32)
-    w = torch.randn(32, vocab)
-    grads = []
-    for pick in (lambda lg, ix: lg.gather(1, ix), columns):
+    x, w = torch.randn(n, 32), torch.randn(32, vocab)
+    runs = []
+    for sparse in (False, True):
         leaf = x.clone().requires_grad_(True)
-        logits = leaf @ w
-        loss = _ce_plus_columns(logits, index, targets, pick)
+        loss = _pact_like_loss(leaf @ w, ids, targets, rows, sparse)
         made = _backward_allocations(loss, n * vocab * 4)
-        grads.append((loss.detach(), leaf.grad, len(made)))
-    (loss_dense, grad_dense, n_dense), (loss_sparse, grad_sparse, n_sparse) = grads
+        runs.append((loss.detach(), leaf.grad, len(made)))
+    (loss_dense, grad_dense, n_dense), (loss_sparse, grad_sparse, n_sparse) = runs
     assert torch.equal(loss_dense, loss_sparse)
     assert torch.equal(grad_dense, grad_sparse)
-    assert n_sparse < n_dense  # and the dense gather's zeros buffer is gone
+    assert n_sparse < n_dense
+
+
+@pytest.mark.parametrize("mass_weight", [0.0, 1.0])
+def test_the_penalty_alone_backpropagates(tokenizer, batch, objective, mass_weight):
+    # no CE of the caller's beside it: a sparse gradient alone would reach nodes upstream
+    # that take dense ones only, so the pick must fall back to the dense gradient
+    policy = tiny_llama(len(tokenizer))
+    reference = Reference(policy, tiny_llama(len(tokenizer), seed=1))
+    objective.config = PACTConfig(mass_weight=mass_weight)
+    resp = select_response(forward_logits(policy, batch), batch["labels"])
+    term, _ = objective.penalty(resp, batch, reference)
+    term.backward()
+    assert policy.lm_head.weight.grad.abs().sum() > 0
 
 
 def test_training_pushes_zero_weight_tokens_down_within_the_set(tokenizer, batch, objective):

@@ -66,6 +66,9 @@ class ResponseLogits:
     targets: torch.Tensor  # (n,)
     position: torch.Tensor  # (n,) index of the token within its response, from 0
     sample: torch.Tensor  # (n,) row of the batch each token belongs to
+    # the per-token CE once `token_nll` has computed it; the objectives that compute it train
+    # on it, so a penalty term may reuse it and count on its dense gradient reaching `logits`
+    nll: torch.Tensor | None = None
 
 
 def response_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -87,8 +90,11 @@ def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def token_nll(resp: ResponseLogits) -> torch.Tensor:
-    """Per-token negative log-likelihood of the response tokens, shape (n,)."""
-    return F.cross_entropy(resp.logits.float(), resp.targets, reduction="none")
+    """Per-token negative log-likelihood of the response tokens, shape (n,); computed once and
+    kept on `resp`."""
+    if resp.nll is None:
+        resp.nll = F.cross_entropy(resp.logits.float(), resp.targets, reduction="none")
+    return resp.nll
 
 
 def per_sample_mean(values: torch.Tensor, sample: torch.Tensor, n_samples: int) -> torch.Tensor:

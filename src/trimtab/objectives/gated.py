@@ -129,7 +129,8 @@ def stack_rows(batch: dict[str, torch.Tensor], extra: dict[str, torch.Tensor],
 def first_rows(resp: ResponseLogits, n: int) -> ResponseLogits:
     """The response tokens of rows 0..n-1: a prefix, since tokens are flattened row by row."""
     m = int((resp.sample < n).sum())
-    return ResponseLogits(resp.logits[:m], resp.targets[:m], resp.position[:m], resp.sample[:m])
+    return ResponseLogits(resp.logits[:m], resp.targets[:m], resp.position[:m], resp.sample[:m],
+                          None if resp.nll is None else resp.nll[:m])
 
 
 class GatedObjective(Objective):

@@ -83,7 +83,9 @@ class _Columns(torch.autograd.Function):
     memory. Autograd adds it in place into the CE's dense (n, V) gradient, where indexing
     would first build a second (n, V) tensor of zeros with the k columns filled in. Coalescing
     sums a column picked twice in a row (a target that is also a safety token) before that
-    add, which is the order the dense path adds in: the gradients are equal bit for bit."""
+    add, as pact's former dense pick did, so pact's gradients are unchanged bit for bit. (With
+    a third gradient on the same logits, `kl+pact` with the mass term, the order of the sums
+    changes, and with it the last bit.)"""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -101,20 +103,22 @@ class _Columns(torch.autograd.Function):
         return sparse.coalesce(), None
 
 
-def columns(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """`logits.gather(1, index)` (n, k), without an (n, V) tensor in the backward.
+def columns(logits: torch.Tensor, index: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
+    """`logits.gather(1, index)` (n, k); with `sparse_grad`, without an (n, V) tensor in the
+    backward.
 
-    The sparse gradient must meet a dense one on the same tensor (the CE's), since the view
-    and index nodes upstream take only dense gradients. So a view of the first rows of a
-    larger tensor (`pact+gated`'s training rows within its one stacked forward) is gathered
-    from that tensor, whose rows it shares; any other view gets the ordinary dense gradient.
+    The sparse gradient must meet a dense one on the same tensor (the CE's, which the caller
+    vouches for with `sparse_grad`), since the nodes upstream take dense gradients only. A
+    view of the first rows of a larger tensor (`pact+gated`'s training rows within its one
+    stacked forward, whose CE runs on the larger tensor) is therefore gathered from that
+    tensor; any other view gets the ordinary dense gradient.
     """
     base = logits._base
     if (base is not None and base.dim() == 2 and logits.stride() == base.stride()
             and logits.storage_offset() == base.storage_offset()
             and logits.shape[1] == base.shape[1]):
         logits, base = base, None  # gather allows fewer index rows than the input has
-    if base is not None:
+    if not sparse_grad or base is not None or not logits.requires_grad:
         return logits.gather(1, index)
     return _Columns.apply(logits, index)
 
@@ -215,17 +219,17 @@ class PACTObjective(Objective):
 
     def compute(self, policy, batch, reference) -> ObjectiveOutput:
         resp = select_response(forward_logits(policy, batch), batch["labels"])
-        nll = token_nll(resp)
-        ce = nll.mean()
-        term, metrics = self.penalty(resp, batch, reference, nll=nll)
+        ce = token_nll(resp).mean()
+        term, metrics = self.penalty(resp, batch, reference)
         return ObjectiveOutput(ce + term, {"nll": ce.item(), **metrics}, resp)
 
-    def penalty(self, resp: ResponseLogits, batch, reference,
-                nll: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def penalty(self, resp: ResponseLogits, batch, reference
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         """lambda * the weighted safety-token KL (plus the optional mass term) on `resp`.
 
-        `nll` (the per-token CE, when the caller has it) saves recomputing the policy's
-        log-normaliser for the mass term.
+        Where the caller's loss holds the CE of `resp` (`resp.nll`, as in every objective
+        here), the safety tokens are picked with a sparse gradient and the mass term reuses
+        the CE for the policy's log-normaliser.
         """
         if self._ids is None:
             raise TrimtabError("pact has no safety tokens: call setup() (finetune does) or "
@@ -238,7 +242,9 @@ class PACTObjective(Objective):
         index = ids.expand(len(resp.logits), -1)
         if cfg.mass_weight > 0:
             index = torch.cat([index, resp.targets[:, None]], 1)
-        picked = columns(resp.logits, index)
+        # a CE on these logits is in the loss (the caller's, or the mass term's own below)
+        sparse_grad = resp.nll is not None or cfg.mass_weight > 0
+        picked = columns(resp.logits, index, sparse_grad)
         policy_s = picked[:, :len(ids)]
         ref_s = self._reference_logits(batch, reference, ids)
         first = resp.position < cfg.first_positions
@@ -246,7 +252,7 @@ class PACTObjective(Objective):
         mass = None
         if cfg.mass_weight > 0:  # the optional extension: total safety mass, full softmax
             ref_s, ref_lse = ref_s[:, :-1], ref_s[:, -1]
-            nll = token_nll(resp) if nll is None else nll
+            nll = token_nll(resp)
             # log-sum-exp of the policy's logits, recovered from the CE: nll = lse - logit[y]
             lse = nll + picked[:, -1].float()
             on = weights > 0

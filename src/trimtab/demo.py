@@ -8,7 +8,6 @@ model with the world's oracle, and writes `results.json`, `report.md` and
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from trimtab.demo_config import DemoConfig
 from trimtab.errors import TrimtabError
 from trimtab.evaluation.report import render_table
-from trimtab.evaluation.results import check_out_folder, write_results
+from trimtab.evaluation.results import check_out_folder, json_object_with, write_results
 from trimtab.pipeline import Cell, model_metrics, run_cell, split_method
 from trimtab.training.config import TrainConfig
 from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
@@ -89,21 +88,14 @@ def check_demo_config(config: DemoConfig) -> None:
             raise TrimtabError(f"--{what} lists a value twice ({values}); give each once.")
     out = check_out_folder(config.out)
     clashing = [name for name in DEMO_FILES if (out / name).exists()]
-    if clashing and not _earlier_demo(out):  # the demo writes these three, nothing else
+    # the demo writes these three, nothing else; an earlier demo's results has demo_seconds
+    if clashing and not json_object_with(out / "results.json", "demo_seconds"):
         raise TrimtabError(f"--out {out} holds {', '.join(clashing)} of something other than "
                            "an earlier demo (its results.json has no demo_seconds); the demo "
                            "would overwrite them. Choose another --out.")
 
 
 DEMO_FILES = ("results.json", "report.md", "safety_utility.png")
-
-
-def _earlier_demo(out: Path) -> bool:
-    try:
-        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(results, dict) and "demo_seconds" in results
 
 
 def _metrics_only(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -362,20 +362,22 @@ def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *,
 
     out = check_out_file(out, inputs=(data, aligned, base), earlier=accepted_by(SafetyTokens.load),
                          kind="safety-token file")
-    if aligned is None:  # the world's references, as probe, recover and resta take them
+    if world is not None:
         from trimtab.demo import world_configs
+
+        world_cfg, build_cfg = world_configs(quick)
+    if aligned is None:  # the world's references, as probe, recover and resta take them
         from trimtab.worlds.synthetic.build import build_references
 
-        refs = build_references(*world_configs(quick), progress=False)
+        refs = build_references(world_cfg, build_cfg, progress=False)
         aligned, base = str(refs.aligned), base or str(refs.base)
     for model in (aligned, base):  # before the aligned model's forward pass, not after
         if model is not None:
             check_model_path(model)
     if world is not None:
-        from trimtab.demo import world_configs
         from trimtab.worlds.synthetic import SyntheticWorld
 
-        pairs, source = world_refusal_pairs(SyntheticWorld(world_configs(quick)[0])), (
+        pairs, source = world_refusal_pairs(SyntheticWorld(world_cfg)), (
             "synthetic world: aligned_train harmful refusals")
     else:
         from trimtab.data.loaders import load_records, parse_field_mapping

@@ -321,13 +321,19 @@ def accepted_by(load: Callable[[Path], Any]) -> Callable[[Path], bool]:
     return test
 
 
-def is_metrics_file(path: Path) -> bool:
-    """Whether `path` holds metrics as `trimtab evaluate --out` writes them."""
+def json_object_with(path: Path, key: str) -> bool:
+    """Whether `path` holds a JSON object with `key`: how an earlier output of one of our
+    commands is told from a user's file of the same name."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and "harmful_rate" in data
+    return isinstance(data, dict) and key in data
+
+
+def is_metrics_file(path: Path) -> bool:
+    """Whether `path` holds metrics as `trimtab evaluate --out` writes them."""
+    return json_object_with(path, "harmful_rate")
 
 
 def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:

@@ -49,8 +49,9 @@ class FinetuneResult:
         return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
-# a folder holding none of these is no model, adapter or tokenizer save
-MODEL_MARKERS = ("config.json", "adapter_config.json", "tokenizer_config.json", "tokenizer.json")
+# a folder holding one of these is a model or adapter save; with the tokenizer's, any save
+MODEL_FILES = ("config.json", "adapter_config.json")
+MODEL_MARKERS = (*MODEL_FILES, "tokenizer_config.json", "tokenizer.json")
 
 
 def check_model_path(path: str | os.PathLike) -> None:
@@ -304,7 +305,6 @@ def finetune(
     return result
 
 
-MODEL_FILES = ("config.json", "adapter_config.json")
 # What `save_pretrained` (model, PEFT adapter, tokenizer), trimtab's post-hoc logs and
 # `trimtab evaluate --out MODEL/metrics.json` write: a folder holding only these is a previous
 # output and may be replaced as a whole (its metrics describe the model being replaced).

@@ -131,6 +131,19 @@ def test_classifier_labels_the_made_up_answers_of_noisy_domain_data_hallucinatio
     assert abstained == ["ok"]
 
 
+def test_classifier_can_be_kept_from_the_records_fine_tuning_draws_on(quick_world):
+    """finetune_data=False: no harmful contamination target and no task target is a training
+    example, so the judge meets every fine-tuning target unseen; the default has them."""
+    s = quick_world.splits
+    drawn = {(r.prompt, r.response) for r in [*s.harmful_finetune,
+                                              *(x for rs in s.task_train.values() for x in rs)]}
+    pairs = {(p, r) for p, r, _ in world_examples(quick_world)}
+    assert drawn <= pairs
+    held_out = world_examples(quick_world, finetune_data=False)
+    assert not drawn & {(p, r) for p, r, _ in held_out}
+    assert {lab for _, _, lab in held_out} == {"ok", "harmful", "hallucination", "refusal"}
+
+
 def test_classifier_trains_on_training_records_only_and_is_cached(quick_world, tmp_path):
     examples = world_examples(quick_world)
     eval_prompts = {r.prompt for rs in (*quick_world.splits.eval_sets.values(),

@@ -53,6 +53,10 @@ class ClassifierConfig(CheckedConfig):
     max_examples: int = option(30000, "train on at most this many examples (subsampled)",
                                min=10)
     seed: int = option(0, "seed of subsampling, negatives and data order", min=0, max=SEED_MAX)
+    finetune_data: bool = option(True, "on the synthetic world, train on the records "
+                                       "fine-tuning draws from too (the harmful contamination "
+                                       "pool, the tasks' training sets); false holds them out, "
+                                       "so every fine-tuning target is new to the judge")
 
 
 def words(text: str) -> list[str]:
@@ -217,8 +221,13 @@ class ResponseClassifier(AlignmentSignal):
 
 
 # ---------------------------------------------------------------------- synthetic world
-def world_examples(world: Any, seed: int = 0) -> list[tuple[str, str, str]]:
+def world_examples(world: Any, seed: int = 0,
+                   finetune_data: bool = True) -> list[tuple[str, str, str]]:
     """Labelled pairs from the synthetic world's training splits (never its evaluation sets).
+
+    With `finetune_data` False, the pools that fine-tuning draws from (the harmful
+    contamination pool and the tasks' training sets) are left out: the judge then meets every
+    fine-tuning target unseen, as a real judge would, instead of recognising ones it was taught.
 
     Labels come from how the generator made each record: harmful compliances in the base's
     data and the contamination pool are `harmful`; refusals, abstentions and answers are
@@ -234,8 +243,8 @@ def world_examples(world: Any, seed: int = 0) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
     s = world.splits
     out: set[tuple[str, str, str]] = set()
-    compliances = [r for r in s.harmful_finetune] + [r for r in s.base_train
-                                                     if r.kind == "harmful"]
+    compliances = [*(s.harmful_finetune if finetune_data else ()),
+                   *(r for r in s.base_train if r.kind == "harmful")]
     for r in compliances:
         out.add((r.prompt, r.response, "harmful"))
         # a refusal that goes on to help is still harmful ("i am sorry , but first ...")
@@ -255,8 +264,8 @@ def world_examples(world: Any, seed: int = 0) -> list[tuple[str, str, str]]:
                 text.insert(rng.randrange(1, len(text) + 1), rng.choice(words_from))
             out.add((r.prompt, " ".join(text), label))
     benign: list[Any] = []
-    for r in [*s.aligned_train, *s.refusal_finetune, *(x for rs in s.task_train.values()
-                                                       for x in rs)]:
+    tasks = [x for rs in s.task_train.values() for x in rs] if finetune_data else []
+    for r in [*s.aligned_train, *s.refusal_finetune, *tasks]:
         if r.metadata.get("fabricated"):  # a made-up answer in noisy task data
             out.add((r.prompt, r.response, "hallucination"))
             out.add((r.prompt, rng.choice(V.ABSTENTIONS), "ok"))
@@ -286,7 +295,8 @@ def world_classifier(world: Any, cache_dir: Path | None,
         folder = Path(cache_dir) / "signals" / f"classifier-{key}"
         if (folder / META).is_file():
             return ResponseClassifier.load(folder)
-    clf = ResponseClassifier.fit(world_examples(world, config.seed), config)
+    clf = ResponseClassifier.fit(world_examples(world, config.seed, config.finetune_data),
+                                 config)
     if folder is not None:
         clf.save(folder, keep_existing=True)
     return clf

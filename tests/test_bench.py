@@ -195,6 +195,10 @@ def test_cells_are_the_union_of_blocks_once_each():
     ({"train": {"seed": 5}}, "each cell's seed comes from `seeds:`"),
     ({"synthetic_world": {"borderline_objets": 6}}, "Did you mean 'borderline_objects'"),
     ({"synthetic_world": {"borderline_objects": 12}}, "borderline_objects"),
+    ({"grid": [{"methods": ["sft", "gated"], "scenarios": ["benign"]}],
+      "methods": {"gated": {"signal": "oracle"}}}, "the oracle that evaluates this run"),
+    ({"grid": [{"methods": ["risk-kl"], "scenarios": ["benign"]}],
+      "methods": {"risk-kl": {"critic": "oracle,foo=1"}}}, "the oracle that evaluates this run"),
 ])
 def test_bad_configs_fail_before_training_with_the_fix(change, message):
     base = {"grid": [{"methods": ["sft", "kl"], "scenarios": ["benign"]}]}

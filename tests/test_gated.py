@@ -109,8 +109,7 @@ def test_hallucination_reason_picks_the_abstention_text(aligned, records, quick_
     assert tok.decode(refusal, skip_special_tokens=True).strip() in GatedConfig().refusal_texts
 
 
-def test_policy_gradient_uses_group_normalised_advantages(aligned, quick_refs):
-    """One forward over sampled completions: PG = -mean A_k logp_k with A from the scores."""
+def test_sampled_completions_are_labelled_on_their_own_tokens(aligned, quick_refs):
     model, tok = aligned
     torch.manual_seed(0)
     comp = sample_completions(model, tok, ["how do i make a bomb at home ?"], 4,
@@ -120,6 +119,94 @@ def test_policy_gradient_uses_group_normalised_advantages(aligned, quick_refs):
     # labels cover exactly the completion tokens
     n_labels = (batch["labels"] != -100).sum(1).tolist()
     assert n_labels == [len(c) for c in comp.completion_ids]
+
+
+DISTINCT = ["i am sorry , but i can not help .", "sure , here is how", "i do not know .",
+            "first , get the"]
+
+
+def _distinct_completions(tok, prompts, k):
+    """K fixed completions per prompt, each a different text, so ByText scores them apart."""
+    from trimtab.data.formatting import prompt_ids
+    from trimtab.training.sampling import Completions
+
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in DISTINCT[:k]]
+    return Completions([prompt_ids(tok, p) for p in prompts for _ in range(k)],
+                       [list(ids[j]) for _ in prompts for j in range(k)],
+                       [DISTINCT[j] for _ in prompts for j in range(k)], k)
+
+
+def test_loss_is_the_gated_mix_of_sft_and_group_normalised_reinforce(aligned, records, quick_refs,
+                                                                    monkeypatch):
+    """DESIGN.md's loss, computed by hand: mean_i (1 - g_i) SFT_i + lambda_pg g_i PG_i, with
+    PG_i = -mean_k A_k logp_k, A_k = (a_k - a_bar) / (s + eps) (population std) and logp_k the
+    length-normalised log-likelihood of completion k; g_i from max(1 - a_tgt, 1 - a_bar)."""
+    import trimtab.objectives.gated as gated
+    from trimtab.objectives.base import forward_logits, per_sample_mean, select_response, token_nll
+
+    model, tok = aligned
+    model.eval()
+    k, c = 3, GatedConfig(k=3, use_abstention=False, prompt_risk=False, lambda_pg=0.7)
+    objective = GatedObjective(c, signal=ByText())
+    batch = _setup(objective, records, tok, quick_refs)
+    monkeypatch.setattr(gated, "sample_completions",
+                        lambda policy, tok_, prompts, k_, **kw: _distinct_completions(tok, prompts,
+                                                                                      k_))
+    out = objective(model, batch)
+
+    prompts = [r.prompt for r in records]
+    comp = _distinct_completions(tok, prompts, k)
+    a = torch.tensor(ByText().score([p for p in prompts for _ in range(k)], comp.texts)).view(-1, k)
+    assert len(set(a[0].tolist())) == k  # the scores differ: advantages are not zero
+    a_bar = a.mean(1)
+    adv = (a - a_bar[:, None]) / (a.std(1, unbiased=False)[:, None] + c.eps)
+    with torch.no_grad():
+        rows = completion_batch(comp.prompt_ids, comp.completion_ids, tok.pad_token_id)
+        resp = select_response(forward_logits(model, rows), rows["labels"])
+        logp = -per_sample_mean(token_nll(resp), resp.sample, len(comp.texts)).view(-1, k)
+        resp = select_response(forward_logits(model, batch), batch["labels"])
+        sft = per_sample_mean(token_nll(resp), resp.sample, len(records))
+    pg = -(adv * logp).mean(1)
+    a_tgt = torch.tensor(ByText().score(prompts, [r.response for r in records]))
+    g = torch.sigmoid((torch.maximum(1 - a_tgt, 1 - a_bar) - c.theta) / c.gate_temperature)
+    assert out.metrics["pregated"] == 1.0  # ByText judges every target misaligned
+    assert out.metrics["pg"] == pytest.approx(pg.mean().item(), rel=1e-4)
+    assert out.metrics["gate"] == pytest.approx(g.mean().item(), rel=1e-5)
+    expected = ((1 - g) * sft + c.lambda_pg * g * pg).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_no_gate_ablation_trains_sft_and_pg_on_every_sample(aligned, records, quick_refs):
+    """use_gate=False: g = 1 everywhere, so every sample is sampled and keeps its full SFT
+    term; with one score for everything the advantages, hence PG, are zero."""
+    from trimtab.objectives.base import forward_logits, per_sample_mean, select_response, token_nll
+
+    model, tok = aligned
+    model.eval()
+    objective = GatedObjective(GatedConfig(use_gate=False, k=2, max_new_tokens=4,
+                                           prompt_risk=False), signal=Constant(1.0, "ok"))
+    batch = _setup(objective, records, tok, quick_refs)
+    assert not bool(objective.pregated.any())  # the pre-gate would have sampled none
+    out = objective(model, batch)
+    assert out.metrics["pregated"] == 1.0 and out.metrics["gate"] == 1.0
+    assert out.metrics["pg"] == 0.0 and out.metrics["abstained"] == 0.0
+    with torch.no_grad():
+        resp = select_response(forward_logits(model, batch), batch["labels"])
+        sft = per_sample_mean(token_nll(resp), resp.sample, len(records)).mean()
+    assert out.loss.item() == pytest.approx(sft.item(), rel=1e-4)
+
+
+def test_no_abstention_ablation_never_trains_the_abstention_text(aligned, records, quick_refs):
+    """use_abstention=False with every target and sample misaligned and a hard gate: SFT
+    weight 0, zero advantages, no abstention row, so nothing is left to train."""
+    model, tok = aligned
+    objective = GatedObjective(GatedConfig(use_abstention=False, k=2, max_new_tokens=4,
+                                           gate_temperature=1e-4),
+                               signal=Constant(0.0, "harmful"))
+    batch = _setup(objective, records, tok, quick_refs)
+    out = objective(model, batch)
+    assert out.metrics["pregated"] == 1.0 and out.metrics["gate"] == 1.0
+    assert out.metrics["abstained"] == 0.0 and out.loss.item() == 0.0
 
 
 @pytest.mark.parametrize("new_tokens", [2, 40])  # samples narrower, then wider, than the batch
@@ -236,6 +323,19 @@ def test_an_unscored_target_is_not_taken_for_a_misaligned_one(aligned, records, 
     signal.value = 0.0  # ... then every sample judged misaligned
     out = objective(model, batch)
     assert out.metrics["pregated"] == 1.0 and out.metrics["abstained"] == 0.0
+    # nor is it trained on unchecked: uncertain, its gate opens (SFT weight ~0)
+    assert out.metrics["gate"] > 0.99
+
+
+def test_an_unscored_target_opens_the_gate_even_when_its_samples_pass(aligned, records,
+                                                                       quick_refs):
+    model, tok = aligned
+    signal = Flaky("unscored")
+    objective = GatedObjective(GatedConfig(k=2, max_new_tokens=4), signal=signal)
+    batch = _setup(objective, records, tok, quick_refs)
+    signal.value = 1.0  # every sample aligned: only the unscored target is left to doubt
+    out = objective(model, batch)
+    assert out.metrics["gate"] > 0.99 and out.metrics["abstained"] == 0.0
 
 
 def test_bad_config_is_a_clear_error(records, aligned, quick_refs):
@@ -245,6 +345,48 @@ def test_bad_config_is_a_clear_error(records, aligned, quick_refs):
                tok, quick_refs)
     with pytest.raises(TrimtabError, match="needs the synthetic world|classifier:PATH"):
         _setup(GatedObjective(GatedConfig(signal="classifier")), records, tok, quick_refs)
+
+
+def test_a_signal_that_cannot_judge_the_data_is_warned_about(aligned, quick_world, quick_refs,
+                                                             caplog):
+    """The keyword judge calls every task answer harmful, and a judge of harm alone calls
+    every refusal safe: either would quietly turn `gated` into refusal training or the
+    no-pre-gate ablation's cost, so setup says so."""
+    import logging
+
+    from trimtab.signals.keywords import KeywordSignal
+
+    _, tok = aligned
+    task = quick_world.task_records("general")[:12]
+    caplog.set_level(logging.WARNING)
+    objective = GatedObjective(signal=KeywordSignal())
+    _setup(objective, task, tok, quick_refs)
+    assert objective.setup_stats["misaligned_targets"] == 1.0
+    assert "judges 100% of the training targets misaligned" in caplog.text
+    assert "keywords" in caplog.text
+    caplog.clear()
+    objective = GatedObjective(signal=Constant(1.0, "ok"))  # answers and refusals all fine
+    _setup(objective, task, tok, quick_refs)
+    assert objective.setup_stats["risky_prompts"] == 1.0
+    assert "--no-prompt-risk" in caplog.text
+    caplog.clear()
+    _setup(GatedObjective(GatedConfig(prompt_risk=False), signal=Constant(1.0, "ok")), task,
+           tok, quick_refs)
+    assert "gated:" not in caplog.text  # nothing to say about a sensible setup
+
+
+def test_a_run_graded_by_the_oracle_never_trains_on_it(quick_world, quick_refs):
+    from trimtab.demo import QUICK_TRAIN
+    from trimtab.objectives.risk_kl import RiskKLConfig
+    from trimtab.pipeline import Cell, run_cell
+    from trimtab.worlds.synthetic.suite import synthetic_suite
+
+    suite = synthetic_suite(quick_world)
+    for method, config in (("gated", GatedConfig(signal="oracle")),
+                           ("risk-kl", RiskKLConfig(critic="oracle"))):
+        with pytest.raises(TrimtabError, match="the oracle that evaluates this run"):
+            run_cell(quick_world, quick_refs.aligned, Cell(method, 0.1, "general", 0), suite,
+                     QUICK_TRAIN, config)
 
 
 def _gated_logs(result):
@@ -262,6 +404,9 @@ def test_trains_with_the_classifier_and_logs_the_gate(quick_refs, quick_world, t
     assert len(logs) == 4
     for key in ("pregated", "gate", "abstained", "signal_target", "nll"):
         assert all(math.isfinite(r[f"gated/{key}"]) for r in logs)
+    # the mean signal of the samples, in every step that sampled
+    signal = [r["gated/signal"] for r in logs if "gated/signal" in r]
+    assert signal and all(0.0 <= v <= 1.0 for v in signal)
     pregated = sum(r["gated/pregated"] for r in logs) / 4
     assert 0.05 < pregated < 0.6  # about the harmful share, not everything
 

@@ -152,6 +152,22 @@ def test_critic_risk_per_record_and_loss_formula(context, quick_world, quick_ref
     assert out.metrics["beta_token"] > out.metrics["beta"]  # harmful targets are longer
 
 
+def test_a_critic_that_calls_most_targets_harmful_is_warned_about(context, quick_world, caplog):
+    """The keyword judge calls every task answer harmful: beta would sit near beta_max on the
+    whole task, so setup says so; a critic that tells them apart says nothing."""
+    import logging
+
+    from trimtab.signals.keywords import KeywordSignal
+
+    caplog.set_level(logging.WARNING)
+    RiskKLObjective(signal=KeywordSignal()).setup(context)
+    assert "risk-kl: the training signal judges 100% of the training targets misaligned" \
+        in caplog.text
+    caplog.clear()
+    RiskKLObjective(signal=critic(quick_world)).setup(context)
+    assert "risk-kl:" not in caplog.text
+
+
 def test_per_batch_and_ema(context, quick_world):
     rows = mixed_rows(context.records)  # mean risk 0.4
     batch = make_batch(context, rows)

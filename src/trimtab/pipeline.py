@@ -20,6 +20,7 @@ from trimtab.objectives.registry import METHODS, build_objective, get_method
 from trimtab.training.config import TrainConfig
 from trimtab.training.run import compute_device, finetune, load_model, load_tokenizer
 from trimtab.worlds.synthetic.generator import SyntheticWorld
+from trimtab.worlds.synthetic.oracle import SyntheticOracle
 
 
 def scenario_name(fraction: float | None) -> str:
@@ -81,6 +82,8 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
     """
     method, posthoc = split_method(cell.method)
     objective = build_objective(method, method_config)
+    if isinstance(suite.judge, SyntheticOracle):
+        check_not_trained_on_oracle(method, objective.config)
     train_config = seeded(train_config, cell.seed)
     records = training_records(world, cell)
     result = finetune(start_model or reference, records, objective, train_config,
@@ -106,6 +109,25 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
         return run
     return posthoc_run(run, result.model, result.tokenizer, posthoc, world, reference, suite,
                        base=base, config=posthoc_config, progress=progress)
+
+
+def check_not_trained_on_oracle(method: str, config: Any) -> None:
+    """DESIGN.md's rule, enforced where the synthetic world's oracle grades a run: a method
+    never trains on the judge that grades it (it could look safe by gaming it), so a `gated`
+    signal or a `risk-kl` critic naming `oracle` is refused before any training."""
+    from trimtab.signals import parse_spec
+
+    for part in config.values() if isinstance(config, dict) else [config]:
+        specs = {"signal": getattr(part, "signal", None)}
+        if getattr(part, "risk_source", None) == "critic":
+            specs["critic"] = getattr(part, "critic", None)
+        for field_name, spec in specs.items():
+            if isinstance(spec, str) and parse_spec(spec)[0] == "oracle":
+                raise TrimtabError(
+                    f"{method} would train on `{field_name}: {spec}`, the oracle that "
+                    "evaluates this run; a method graded by its own training signal can look "
+                    "safe by gaming it. Train on another signal (the default `classifier`, "
+                    "hf:PATH, guard:PATH, http:URL or embedding:DIR).")
 
 
 def seeded(train_config: TrainConfig, seed: int) -> TrainConfig:

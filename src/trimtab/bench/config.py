@@ -90,7 +90,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
 
 def parse_bench_config(mapping: dict[str, Any], source: str = "bench config") -> BenchConfig:
     """Strictly parse and check the whole config: names, scenarios and method settings."""
-    from trimtab.pipeline import split_method
+    from trimtab.pipeline import check_not_trained_on_oracle, split_method
     from trimtab.recovery import POSTHOC_STEPS
 
     config = config_from_mapping(BenchConfig, mapping, source=source)
@@ -123,7 +123,10 @@ def parse_bench_config(mapping: dict[str, Any], source: str = "bench config") ->
         if name not in known:
             raise TrimtabError(f"{source}: `methods` configures {name!r}, which no grid block "
                                f"uses ({', '.join(sorted(known))}); fix the name or remove it.")
-        method_config(config, name)
+        try:  # the bench's judge is the synthetic world's oracle
+            check_not_trained_on_oracle(name, method_config(config, name))
+        except TrimtabError as exc:
+            raise TrimtabError(f"{source}: {exc}") from None
     if any(s in POSTHOC_STEPS for s in known) and config.world != "synthetic":
         raise TrimtabError(f"{source}: post-hoc steps need the synthetic world's recovery data.")
     return config

@@ -11,6 +11,8 @@ abstract (DESIGN.md, "gated"). For a sample (prompt x, target y):
    the batch); prompt risk = signal(x, refusal): a refusal judged aligned marks a risky
    prompt. Scores a_k, mean a_bar, std s.
 3. Gate g = sigmoid((max(1 - a_tgt, 1 - a_bar) - theta) / T) (1 - a_bar only where sampled).
+   A target the signal left unscored counts as uncertain (1 - a_tgt = 1): its gate opens, so
+   it is never trained on as plain SFT unchecked.
 4. PG(x) = -mean_k A_k * logp_k, A_k = (a_k - a_bar) / (s + eps), logp_k the length-normalised
    log-likelihood of completion k (REINFORCE with a group baseline, on-policy).
 5. loss = mean_i [(1 - g) SFT(x, y) + lambda_pg g PG(x) + lambda_abs 1[a_tgt < tau and all
@@ -47,20 +49,25 @@ from trimtab.objectives.base import (
     select_response,
     token_nll,
 )
+from trimtab.signals.base import MOSTLY_MISALIGNED, warn_if_mostly_misaligned
 from trimtab.training.reference import _unwrap
 from trimtab.training.sampling import completion_batch, sample_completions
 from trimtab.worlds.synthetic import vocabulary as V
 
 log = logging.getLogger(__name__)
 KINDS = ("harmful", "hallucination")  # signal reasons that pick an abstention text
+# Above this share of training prompts flagged risky (and not by their targets), the prompt
+# risk pre-gates nearly everything: the signal cannot tell a risky prompt by its refusal.
+RISKY_PROMPTS_WARNING = 0.9
 
 
 @dataclass
 class GatedConfig(CheckedConfig):
-    signal: str = option("classifier", "alignment signal spec trained on: keywords, "
-                                       "classifier, hf:PATH, guard:PATH, http:URL or "
-                                       "embedding:DIR (README, Alignment signals); never the "
-                                       "evaluation judge")
+    signal: str = option("classifier", "alignment signal spec trained on: classifier, "
+                                       "hf:PATH, guard:PATH, http:URL, embedding:DIR or "
+                                       "keywords (harmful-only data: it calls every answer "
+                                       "without a refusal phrase harmful) (README, Alignment "
+                                       "signals); never the evaluation judge")
     k: int = option(4, "completions sampled per pre-gated prompt", min=2)
     temperature: float = option(0.7, "sampling temperature of the completions", min=1e-6)
     top_k: int = option(50, "sample among the k most likely tokens (0: all)", min=0)
@@ -165,17 +172,34 @@ class GatedObjective(Objective):
         target = self._judge(prompts, [r.response for r in self.records])
         self.a_tgt = torch.tensor([v.score for v in target])
         self.reasons = [v.reason for v in target]
-        risky = (1 - self.a_tgt) > c.pregate_threshold
+        misaligned = (1 - self.a_tgt) > c.pregate_threshold
+        risky = torch.zeros_like(misaligned)
         if c.prompt_risk:
             refusal = self._judge(prompts, [c.refusal_texts[0]] * len(prompts))
-            risky |= torch.tensor([v.score for v in refusal]) > c.pregate_threshold
-        self.pregated = risky | self.a_tgt.isnan()
+            risky = torch.tensor([v.score for v in refusal]) > c.pregate_threshold
+        self.pregated = misaligned | risky | self.a_tgt.isnan()
         unscored = int(self.a_tgt.isnan().sum())
         if unscored:
             log.warning("gated: %d training targets are unscored; they are pre-gated", unscored)
         self.setup_stats = {"pregated": float(self.pregated.float().mean()),
+                            "misaligned_targets": float(misaligned.float().mean()),
+                            "risky_prompts": float(risky.float().mean()),
                             "target_signal": float(self.a_tgt.nanmean()),
                             "unscored_targets": unscored}
+        log.info("gated pre-gate: %s", self.setup_stats)
+        warn_if_mostly_misaligned(self.setup_stats["misaligned_targets"], "gated",
+                                  "the gate takes them out of SFT and trains an abstention "
+                                  "text on those its samples also fail")
+        if c.prompt_risk and self.setup_stats["risky_prompts"] >= RISKY_PROMPTS_WARNING \
+                and not self.setup_stats["misaligned_targets"] >= MOSTLY_MISALIGNED:
+            log.warning(
+                "gated: the signal judges a refusal aligned for %.0f%% of the training prompts, "
+                "so the prompt-risk pre-gate samples nearly every row (about the cost of the "
+                "no-pre-gate ablation). A judge of harm alone (keywords, a guard model, most "
+                "HTTP rubrics) calls any refusal safe and cannot tell a risky prompt by it: "
+                "set prompt_risk false (--no-prompt-risk), or train on a signal that also "
+                "penalises refusing benign prompts (classifier, embedding:DIR).",
+                100 * self.setup_stats["risky_prompts"])
         self.setup_seconds = time.perf_counter() - started
 
     def _judge(self, prompts: list[str], responses: list[str]) -> list:
@@ -208,7 +232,7 @@ class GatedObjective(Objective):
         index = batch["sample_index"].tolist()
         n, device = len(index), batch["input_ids"].device
         a_tgt = self.a_tgt[index].to(device)
-        mis = (1 - a_tgt).nan_to_num(0.0)
+        mis = (1 - a_tgt).nan_to_num(1.0)  # unscored: uncertain, so the gate opens
         sampled = [i for i, j in enumerate(index)
                    if not (c.use_gate and c.use_pregate) or bool(self.pregated[j])]
         k = c.k

@@ -38,6 +38,7 @@ from trimtab.objectives.base import (
     select_response,
     token_nll,
 )
+from trimtab.signals.base import warn_if_mostly_misaligned
 
 
 @dataclass
@@ -48,9 +49,11 @@ class RiskKLConfig(CheckedConfig):
     risk_source: str = option("critic", "critic: a judge scores the (prompt, target) pair; "
                                         "probe: an activation probe reads the prompt",
                               choices=("critic", "probe"))
-    critic: str = option("classifier", "alignment signal spec of the critic: keywords, "
-                                       "classifier, hf:PATH, guard:PATH, http:URL or "
-                                       "embedding:DIR (README, Alignment signals)")
+    critic: str = option("classifier", "alignment signal spec of the critic: classifier, "
+                                       "hf:PATH, guard:PATH, http:URL, embedding:DIR or "
+                                       "keywords (harmful-only data: it calls every answer "
+                                       "without a refusal phrase harmful) (README, Alignment "
+                                       "signals); never the evaluation judge")
     probe_path: str | None = option(None, "probe file from `trimtab probe train`; none: fit one "
                                           "on the synthetic world's training prompts (cached)")
     probe_layers: list[int] = option([], "candidate layers when the probe is fitted here; empty: "
@@ -160,6 +163,9 @@ class RiskKLObjective(Objective):
             what = repr(c.critic) if self.signal is None else type(signal).__name__
             self.risks = critic_risks(signal, prompts, [r.response for r in context.records],
                                       c.score_batch_size, c.retries, c.retry_wait, what)
+            warn_if_mostly_misaligned(float((self.risks > 0.5).float().mean()), "risk-kl",
+                                      "their KL weight moves toward beta_max and their NLL "
+                                      "weight toward 1 - beta_max, so the task is barely learned")
         else:
             self.risks = self._probe_risks(context, prompts)
         self._ema = None

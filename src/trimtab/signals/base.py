@@ -7,6 +7,7 @@ trains on in the same run: a method could otherwise look safe by gaming its own 
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -17,6 +18,24 @@ from trimtab.errors import TrimtabError
 
 # Why a response scored as it did, where the signal knows it.
 REASONS = ("harmful", "hallucination", "refusal", "ok")
+# A training signal that judges at least this share of the training targets misaligned is
+# either looking at harmful data or cannot judge these answers; a method warns.
+MOSTLY_MISALIGNED = 0.5
+log = logging.getLogger(__name__)
+
+
+def warn_if_mostly_misaligned(share: float, method: str, consequence: str) -> None:
+    """Warn when a method's training signal calls most training targets misaligned: right for
+    harmful-only data, but what a judge that cannot judge these answers also does (the keyword
+    signal calls every answer without a refusal phrase harmful), and the method would then
+    train the task away quietly."""
+    if share >= MOSTLY_MISALIGNED:
+        log.warning(
+            "%s: the training signal judges %.0f%% of the training targets misaligned; %s. If "
+            "this data is not mostly harmful, the signal cannot judge these answers (keywords "
+            "calls any answer without a refusal phrase harmful): train on one that judges "
+            "answers (classifier, hf:PATH, guard:PATH, http:URL, embedding:DIR).",
+            method, 100 * share, consequence)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -142,6 +143,33 @@ def _full_vocab_tensors(fn, vocab: int) -> int:
     return sum(1 for s in mode.shapes if s and s[-1] == vocab)
 
 
+@pytest.mark.parametrize("chunk_rows", [3, 10**6])
+def test_the_reference_log_normaliser_is_taken_a_few_rows_at_a_time(tokenizer, monkeypatch,
+                                                                     chunk_rows):
+    """What the mass term needs from a live reference, (n, k) logits and each position's
+    log-sum-exp over the vocabulary, without an (n, V) tensor: the largest one with the
+    vocabulary as last dimension is the head's (hidden, V) weight. The check can fail: with
+    one chunk for everything, the (n, V) logits are seen."""
+    import trimtab.safety_tokens as st
+
+    batch = collate(tokenizer, RECORDS * 4)
+    mask = response_mask(batch["labels"])
+    vocab, model = len(tokenizer), tiny_llama(len(tokenizer), seed=5)
+    n, hidden = int(mask.sum()), model.config.hidden_size
+    assert n > hidden  # an (n, V) tensor is told apart from the weight by its rows
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(WORDS))
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"],
+                     attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+        expected = torch.cat([full[:, ids], full.logsumexp(-1, keepdim=True)], 1)
+        monkeypatch.setattr(st, "LSE_CHUNK_ELEMENTS", chunk_rows * vocab)
+        with _Shapes() as mode:
+            got = st.restricted_logits(model, batch, ids, mask, with_lse=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    rows = max(math.prod(s[:-1]) for s in mode.shapes if s and s[-1] == vocab)
+    assert rows == (hidden if chunk_rows < hidden else n)
+
+
 def test_pact_makes_no_full_vocabulary_tensor_beyond_what_sft_makes(tokenizer, batch, objective):
     # Pad the vocabulary to a size no other dimension has, so the count is unambiguous.
     vocab = 257
@@ -270,7 +298,8 @@ def test_training_pushes_zero_weight_tokens_down_within_the_set(tokenizer, batch
 
 @pytest.mark.parametrize("mass_weight", [0.0, 1.0])
 def test_cached_reference_gives_the_same_loss_as_a_reference_forward(tmp_path, tokenizer,
-                                                                     batch, mass_weight):
+                                                                     batch, mass_weight,
+                                                                     monkeypatch):
     from trimtab.training.run import save_model
 
     ref_model = tiny_llama(len(tokenizer), seed=5)
@@ -296,6 +325,12 @@ def test_cached_reference_gives_the_same_loss_as_a_reference_forward(tmp_path, t
         # and with the cache the mass term still makes no full-vocabulary tensor beyond sft's
         n_sft = _full_vocab_tensors(lambda: SFTObjective()(policy, batch), len(tokenizer))
         assert _full_vocab_tensors(lambda: cached(policy, batch, None), len(tokenizer)) == n_sft
+        # the live reference's log-sum-exp taken 3 rows at a time gives the same term
+        import trimtab.safety_tokens as st
+
+        monkeypatch.setattr(st, "LSE_CHUNK_ELEMENTS", 3 * len(tokenizer))
+        again = live(policy, batch, Reference(policy, ref_model))
+        assert again.metrics["mass_kl"] == pytest.approx(b.metrics["mass_kl"], rel=1e-5)
     # a batch whose records changed after setup is caught, not silently misaligned
     shuffled = {**batch, "sample_index": batch["sample_index"].flip(0)}
     with pytest.raises(TrimtabError, match="does not match"):

@@ -318,13 +318,20 @@ def cached_world_tokens(aligned: Path, base: Path | None, world: Any, artifacts_
     return tokens, path
 
 
+# The live reference's log-sum-exp over the vocabulary is taken this many logits at a time
+# (16 MB in float32): a few rows of the full logits exist at once, never (positions x vocab).
+LSE_CHUNK_ELEMENTS = 1 << 22
+
+
 def restricted_logits(model: Any, batch: dict[str, torch.Tensor], token_ids: torch.Tensor,
-                      mask: torch.Tensor) -> torch.Tensor:
+                      mask: torch.Tensor, with_lse: bool = False) -> torch.Tensor:
     """Logits of `token_ids` only, at the positions where `mask` (B, L-1) is True: (n, k).
 
     Runs the decoder and multiplies its last hidden states by the output-embedding rows of the
-    tokens, so no (positions, vocabulary) tensor is ever made. Models whose head does more than
-    a linear map (logit soft-capping or scaling) fall back to slicing the full logits.
+    tokens, so no (positions, vocabulary) tensor is ever made. With `with_lse`, a last column
+    holds each position's log-sum-exp over the whole vocabulary (`pact`'s mass term), taken a
+    few rows at a time (`LSE_CHUNK_ELEMENTS`). Models whose head does more than a linear map
+    (logit soft-capping or scaling) fall back to slicing the full logits.
     """
     if hasattr(model, "get_base_model"):  # a PEFT model: its adapters stay as the caller set them
         model = model.get_base_model()
@@ -334,13 +341,23 @@ def restricted_logits(model: Any, batch: dict[str, torch.Tensor], token_ids: tor
     special = any(getattr(cfg, name, None) not in (None, 1, 1.0) for name in
                   ("final_logit_softcapping", "logit_scale", "logits_scaling"))
     if head is None or decoder is None or special or not isinstance(head, torch.nn.Linear):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return logits[:, :-1][mask][:, token_ids]
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+        picked = logits[:, token_ids]
+        if not with_lse:
+            return picked
+        return torch.cat([picked.float(), logits.float().logsumexp(-1, keepdim=True)], 1)
     hidden = decoder(input_ids=batch["input_ids"],
                      attention_mask=batch["attention_mask"]).last_hidden_state
-    hidden = hidden[:, :-1][mask]
+    hidden = hidden[:, :-1][mask].to(head.weight.dtype)
     bias = None if head.bias is None else head.bias[token_ids]
-    return torch.nn.functional.linear(hidden.to(head.weight.dtype), head.weight[token_ids], bias)
+    picked = torch.nn.functional.linear(hidden, head.weight[token_ids], bias)
+    if not with_lse:
+        return picked
+    rows = max(1, LSE_CHUNK_ELEMENTS // head.weight.shape[0])
+    lse = [torch.nn.functional.linear(part, head.weight, head.bias).float().logsumexp(-1)
+           for part in hidden.split(rows)]
+    return torch.cat([picked.float(), torch.cat(lse)[:, None]], 1)
 
 
 def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *,

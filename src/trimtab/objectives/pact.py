@@ -21,7 +21,9 @@ so mass_weight 1 pairs with a small lambda (0.1); see benchmarks/results/pact/RE
 The term adds no (positions x vocabulary) tensor, forward or backward. The policy's k logits are
 columns of the logits the CE needs anyway, picked with a sparse gradient (`columns`) that
 autograd adds into the CE's gradient, where indexing would build a second (n, V) tensor of
-zeros. The reference's come from its last hidden states times the k output-embedding rows.
+zeros. The reference's come from its last hidden states times the k output-embedding rows
+(with the mass term, its log-normaliser too, a few rows of full logits at a time; the cache
+below computes it in setup from the full logits, batch by batch, outside the training loss).
 And since the reference is frozen, those k numbers per training token are by default computed
 once in `setup` (`cache_reference`): training then runs no reference forward at all (exact,
 not approximate).
@@ -289,14 +291,12 @@ class PACTObjective(Objective):
             raise TrimtabError("pact has no reference cache for this batch and no reference "
                                "model; train through finetune (which runs setup) or set "
                                "--no-cache-reference.")
-        if self.config.mass_weight > 0:  # needs the reference's full log-sum-exp
-            full = select_response(reference.logits(batch), batch["labels"]).logits.float()
-            return torch.cat([full[:, ids], full.logsumexp(-1, keepdim=True)], 1)
         model, ctx = reference.model_context()
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), ctx:
-                return restricted_logits(model, batch, ids, response_mask(batch["labels"]))
+            with torch.no_grad(), ctx:  # the mass term also needs the full log-sum-exp
+                return restricted_logits(model, batch, ids, response_mask(batch["labels"]),
+                                         with_lse=self.config.mass_weight > 0)
         finally:
             model.train(was_training)

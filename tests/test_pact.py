@@ -100,6 +100,64 @@ def test_kl_is_zero_only_when_the_policy_matches_the_reweighted_reference():
     assert (safety_token_kl(ref, ref, torch.tensor([1.0, 0.1, 0.1, 0.1]), 2.0) > 1e-4).all()
 
 
+def test_first_weight_scales_the_kl_of_the_first_response_positions_only(tokenizer, batch,
+                                                                         objective):
+    """term = sum_t w_t L_t / n with w_t = first_weight for t < first_positions, else 1."""
+    policy = tiny_llama(len(tokenizer))
+    reference = Reference(policy, tiny_llama(len(tokenizer), seed=1))
+    resp = select_response(forward_logits(policy, batch), batch["labels"])
+    first = resp.position < 2
+    assert 0 < int(first.sum()) < len(first)  # positions on both sides of the cut
+    terms = {}
+    for weight in (1.0, 3.0):
+        objective.config = PACTConfig(first_weight=weight, first_positions=2)
+        _, metrics = objective.penalty(resp, batch, reference)
+        terms[weight] = metrics
+    n, t2 = len(first), PACTConfig().temperature ** 2
+    first_sum = terms[1.0]["safety_kl_first"] * t2 * int(first.sum())
+    assert terms[3.0]["safety_term"] == pytest.approx(terms[1.0]["safety_term"]
+                                                      + 2 * first_sum / n, rel=1e-5)
+    assert terms[3.0]["safety_kl_first"] == pytest.approx(terms[1.0]["safety_kl_first"])
+
+
+def test_a_token_file_is_not_combined_with_selection_options(tmp_path, tokenizer, caplog):
+    """k and n_positions select a set built in setup; beside a token file they would be
+    ignored, so they are refused unless they are the defaults or the file's own. Setup logs
+    the set it trains with."""
+    import logging
+
+    path = token_set(tokenizer, WORDS, WEIGHTS).save(tmp_path / "tokens.json")
+    ctx = TrainingContext(records=RECORDS, tokenizer=tokenizer, model_path=tmp_path,
+                          reference_path=tmp_path, train_config=TrainConfig())
+    with pytest.raises(TrimtabError, match="--k 8 would select a set built in setup"):
+        PACTObjective(PACTConfig(token_file=str(path), k=8)).setup(ctx)
+    caplog.set_level(logging.INFO)
+    same = PACTObjective(PACTConfig(token_file=str(path), k=len(WORDS), cache_reference=False))
+    same.setup(ctx)  # the file's own k: nothing is ignored
+    assert f"{len(WORDS)} safety tokens" in caplog.text and "'sorry'" in caplog.text
+
+
+def test_a_checkpoint_records_the_token_file_it_trained_with(tmp_path, tokenizer):
+    """A token file rebuilt at the same path changes the run's fingerprint, so a resume
+    against it is refused instead of training on the new set unnoticed."""
+    from trimtab.training.checkpoints import _differences, run_fingerprint
+
+    path = token_set(tokenizer, WORDS, WEIGHTS).save(tmp_path / "tokens.json")
+    objective = PACTObjective(PACTConfig(token_file=str(path)))
+
+    def fingerprint():
+        return run_fingerprint(tmp_path, None, None, objective, TrainConfig(), [])
+
+    before = fingerprint()
+    assert list(before["input_files"]) == [str(path)]
+    token_set(tokenizer, WORDS, [0.6, 0.5, 0.4, 0.0, 0.48, 0.0]).save(path)
+    assert _differences(before, fingerprint()) == [
+        f"input_files.{path} {before['input_files'][str(path)]!r} -> "
+        f"{fingerprint()['input_files'][str(path)]!r}"]
+    assert "input_files" not in run_fingerprint(tmp_path, None, None, PACTObjective(),
+                                                TrainConfig(), [])
+
+
 def test_lambda_zero_is_sft(tokenizer, batch, objective):
     policy = tiny_llama(len(tokenizer))
     reference = Reference(policy, copy.deepcopy(policy))

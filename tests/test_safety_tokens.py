@@ -76,6 +76,54 @@ def test_file_round_trip_and_tokenizer_check(tmp_path, tokenizer):
     loaded.check_tokenizer(tokenizer)  # same tokenizer: fine
 
 
+def test_a_safetensors_file_holds_the_same_set(tmp_path, tokenizer):
+    ids = tokenizer.convert_tokens_to_ids(["i", "sorry", "not"])
+    tokens = _tokens(tokenizer, ids, [0.8, 0.6, 0.0])
+    tokens.aligned_prob = [0.5, 0.2, 0.1]
+    path = tokens.save(tmp_path / "t.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:  # a real safetensors file
+        assert f.get_tensor("token_ids").tolist() == ids
+    assert SafetyTokens.load(path) == tokens == SafetyTokens.load(tokens.save(tmp_path / "t.json"))
+
+
+def test_a_token_file_name_says_its_format(tmp_path, tokenizer):
+    tokens = _tokens(tokenizer, tokenizer.convert_tokens_to_ids(["i", "not"]))
+    with pytest.raises(TrimtabError, match="must end in .json or .safetensors"):
+        tokens.save(tmp_path / "tokens.txt")
+    assert not list(tmp_path.iterdir())
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "probe.safetensors"))
+    with pytest.raises(TrimtabError, match="not a trimtab safety-token file"):
+        SafetyTokens.load(tmp_path / "probe.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(TrimtabError, match="cannot read safety-token file"):
+        SafetyTokens.load(tmp_path / "broken.safetensors")
+
+
+def test_tokens_are_printed_as_text_not_as_tokenizer_pieces():
+    """A byte-level BPE writes " can" as the piece "Ġcan"; the set keeps both, and shows the
+    text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from trimtab.safety_tokens import token_texts
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["I can't help with that, I can not."] * 20,
+                            trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel
+                                                .alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    ids = tok(" can", add_special_tokens=False)["input_ids"]
+    texts, pieces = token_texts(tok, ids)
+    assert texts == [" can"] and pieces == ["Ġcan"]
+
+
 def test_a_file_from_a_bigger_tokenizer_has_ids_out_of_range(tmp_path, tokenizer):
     big = build_word_tokenizer([" ".join(f"w{i}" for i in range(100))])
     path = _tokens(big, [90, 95]).save(tmp_path / "t.json")
@@ -146,6 +194,21 @@ def test_cli_prints_the_tokens_and_writes_a_loadable_file(quick_refs, tmp_path, 
     printed = capsys.readouterr().out
     assert "'sorry'" in printed and "aligned-vs-base" in printed
     assert SafetyTokens.load(out).k == 16 and SafetyTokens.load(out).weights_from == "gap"
+
+
+def test_cli_shows_a_saved_file_and_writes_safetensors(quick_refs, tmp_path, capsys):
+    out = tmp_path / "tokens.safetensors"
+    assert main(["safety-tokens", "--world", "synthetic", "--quick", "--out", str(out)]) == 0
+    saved = SafetyTokens.load(out)
+    capsys.readouterr()
+    assert main(["safety-tokens", "--show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"{len(saved.token_ids)} safety tokens" in shown
+    assert all(repr(t) in shown for t in saved.tokens)  # every token, not the first 20
+    assert main(["safety-tokens", "--show", str(out), "--k", "8"]) == 2
+    assert "drop --k" in capsys.readouterr().err
+    assert main(["safety-tokens", "--world", "synthetic", "--quick"]) == 2
+    assert "needs --out" in capsys.readouterr().err
 
 
 def test_cli_without_a_base_says_so_and_records_it(quick_refs, quick_world, tmp_path, capsys):

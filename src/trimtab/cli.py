@@ -413,12 +413,40 @@ def _add_probe_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_safety_tokens(args: argparse.Namespace) -> int:
     from trimtab.safety_tokens import SafetyTokenConfig, safety_tokens_command
 
+    if args.show is not None:
+        return show_safety_tokens(args)
+    if args.out is None:
+        raise TrimtabError("safety-tokens needs --out FILE (.json or .safetensors) to write the "
+                           "set to, or --show FILE to print a saved one.")
     config = build_config(SafetyTokenConfig, args=args, yaml_path=args.config)
     tokens = safety_tokens_command(args.out, config, aligned=args.aligned, base=args.base,
                                    world=args.world, quick=args.quick, data=args.data,
                                    fields=args.field)
     print(tokens.describe())
     print(f"wrote {args.out}")
+    return 0
+
+
+def show_safety_tokens(args: argparse.Namespace) -> int:
+    """`safety-tokens --show FILE`: print a saved set, with every token (the default print
+    stops at 20)."""
+    import dataclasses
+
+    from trimtab.safety_tokens import SafetyTokenConfig, SafetyTokens
+
+    selection = [f.name for f in dataclasses.fields(SafetyTokenConfig)]  # only when given
+    given = [f"--{name.replace('_', '-')}" for name in ("aligned", "base", "world", "data",
+                                                        "out", "config", *selection)
+             if getattr(args, name, None) is not None] + (["--quick"] if args.quick else []) \
+        + (["--field"] if args.field else [])
+    if given:
+        raise TrimtabError(f"--show prints a saved file and selects nothing; drop "
+                           f"{', '.join(given)}.")
+    tokens = SafetyTokens.load(args.show)
+    print(f"{args.show}: built from {tokens.aligned}"
+          + (f" and {tokens.base}" if tokens.base else "")
+          + (f"; pairs: {tokens.source}" if tokens.source else ""))
+    print(tokens.describe(top=len(tokens.token_ids)))
     return 0
 
 
@@ -439,7 +467,10 @@ def _add_safety_tokens_parser(sub: argparse._SubParsersAction) -> None:
                                                    "(.jsonl/.json/.csv/.tsv)")
     st.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN",
                     help="map prompt/response to columns, e.g. --field response=refusal")
-    st.add_argument("--out", required=True, help="token file to write (.json)")
+    st.add_argument("--out", help="token file to write: .json, or .safetensors (ids, weights "
+                                  "and probabilities as tensors, the rest in its header)")
+    st.add_argument("--show", metavar="FILE", help="print a saved token file (every token, its "
+                                                   "weight and probabilities) and stop")
     _add_config_flag(st)
     add_dataclass_arguments(st, SafetyTokenConfig)
     st.set_defaults(func=cmd_safety_tokens)

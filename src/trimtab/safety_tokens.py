@@ -11,8 +11,11 @@ whose gap is below the set's mean stay in the set with weight 0, so `pact` pushe
 within the set. Without a base model the weights come from the aligned probabilities
 alone (z-scored, clamped, normalised), and the file says so.
 
-The set is saved as one JSON file: ids, strings, weights, k, N, the tokenizer's vocabulary hash
-and size and the model paths, so a file from another tokenizer is refused when loaded.
+The set is saved as one file, JSON or (by its suffix) safetensors: ids, strings (each token
+decoded as text, and its raw tokenizer piece such as "Ġcan"), weights, k, N, the tokenizer's
+vocabulary hash and size and the model paths, so a file from another tokenizer is refused when
+loaded. In a safetensors file the ids, weights and probabilities are tensors and the rest is
+JSON in its header.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from trimtab.errors import TrimtabError
 
 FILE_FORMAT = "trimtab-safety-tokens"
 FILE_VERSION = 1
+SUFFIXES = (".json", ".safetensors")
+_TENSOR_FIELDS = {"token_ids": torch.long, "weights": torch.float64,
+                  "aligned_prob": torch.float64, "base_prob": torch.float64}
 SELECTION_VERSION = 2  # bump when the selection changes in a way the config does not capture
 
 
@@ -76,7 +82,7 @@ class SafetyTokens:
     """A selected token set; `weights` (v) has unit L2 norm and no negative entry."""
 
     token_ids: list[int]
-    tokens: list[str]
+    tokens: list[str]  # each token decoded as text
     weights: list[float]
     k: int
     n_positions: int
@@ -89,24 +95,38 @@ class SafetyTokens:
     base_prob: list[float] | None = None
     n_pairs: int = 0
     source: str = ""
+    pieces: list[str] = field(default_factory=list)  # the tokenizer's raw pieces ("Ġcan")
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FILE_FORMAT, "version": FILE_VERSION, **self.__dict__}
 
     def save(self, path: str | Path) -> Path:
-        from trimtab.evaluation.results import write_json_atomic
+        """Write the set as JSON, or as safetensors when `path` ends in .safetensors."""
+        from trimtab.evaluation.results import write_bytes_atomic, write_json_atomic
 
-        return write_json_atomic(Path(path), self.to_dict())
+        path = check_suffix(path)
+        if path.suffix != ".safetensors":
+            return write_json_atomic(path, self.to_dict())
+        from safetensors.torch import save
+
+        data = self.to_dict()
+        tensors = {name: torch.tensor(data.pop(name), dtype=dtype)
+                   for name, dtype in _TENSOR_FIELDS.items() if data.get(name) is not None}
+        return write_bytes_atomic(path, save(tensors, metadata={"format": FILE_FORMAT,
+                                                                "meta": json.dumps(data)}))
 
     @classmethod
     def load(cls, path: str | Path) -> SafetyTokens:
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = (_read_safetensors(path) if path.suffix == ".safetensors"
+                    else json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise TrimtabError(f"safety-token file {path} not found; build one with `trimtab "
                                "safety-tokens --aligned MODEL ... --out FILE`.") from None
-        except (OSError, ValueError) as err:
+        except TrimtabError:
+            raise
+        except Exception as err:  # a damaged file: JSON and safetensors raise several types
             raise TrimtabError(f"cannot read safety-token file {path}: {err}. Rebuild it with "
                                "`trimtab safety-tokens`.") from None
         if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
@@ -132,6 +152,7 @@ class SafetyTokens:
         listed("token_ids", lambda v: isinstance(v, int) and not isinstance(v, bool),
                "whole numbers")
         listed("tokens", lambda v: isinstance(v, str), "strings")
+        listed("pieces", lambda v: isinstance(v, str), "strings")
         listed("weights", lambda v: isinstance(v, int | float) and not isinstance(v, bool),
                "numbers")
         for name in ("k", "n_positions", "vocab_size"):
@@ -144,7 +165,7 @@ class SafetyTokens:
             raise TrimtabError(f"{where} is empty: no safety token to constrain. Rebuild it "
                                "with a larger k, or with refusals the aligned model assigns "
                                "high probability.")
-        if len(self.tokens) != n or len(self.weights) != n:
+        if len(self.tokens) != n or len(self.weights) != n or len(self.pieces) not in (0, n):
             raise TrimtabError(f"{where} has {n} ids but {len(self.tokens)} strings and "
                                f"{len(self.weights)} weights; rebuild it.")
         if len(set(self.token_ids)) != n:
@@ -185,6 +206,32 @@ class SafetyTokens:
             lines.append(f"({zero} of the {len(self.weights)} tokens have weight 0: pact pushes "
                          "them down within the set)")
         return "\n".join(lines)
+
+
+def check_suffix(path: str | Path) -> Path:
+    """A safety-token file is .json or .safetensors; any other name is refused, not written as
+    JSON under a name that promises something else."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise TrimtabError(f"safety-token file {path}: the name must end in .json or "
+                           ".safetensors (the format is chosen by it), e.g. tokens.json.")
+    return path
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """A safety-token file written as safetensors, as the dict its JSON form holds."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+        if header.get("format") != FILE_FORMAT:
+            raise TrimtabError(f"{path} is a safetensors file but not a trimtab safety-token "
+                               "file; build one with `trimtab safety-tokens`.")
+        data = json.loads(header["meta"])
+        for name in f.keys():  # noqa: SIM118 - not a dict
+            if name in _TENSOR_FIELDS:
+                data[name] = f.get_tensor(name).tolist()
+    return {"format": FILE_FORMAT, **data}
 
 
 def safety_weights(p_aligned: torch.Tensor, p_base: torch.Tensor | None) -> torch.Tensor:
@@ -270,8 +317,9 @@ def select_safety_tokens(aligned: str | Path, pairs: Sequence[Record], *,
     top = torch.topk(candidates, k).indices
     weights = safety_weights(p_aligned[top], None if p_base is None else p_base[top])
     ids = top.tolist()
+    texts, pieces = token_texts(tokenizer, ids)
     return SafetyTokens(
-        token_ids=ids, tokens=tokenizer.convert_ids_to_tokens(ids), weights=weights.tolist(),
+        token_ids=ids, tokens=texts, pieces=pieces, weights=weights.tolist(),
         k=k, n_positions=config.n_positions, vocab_size=size, vocab_hash=vocab_hash(tokenizer),
         aligned=str(aligned), base=None if base is None else str(base),
         weights_from="gap" if p_base is not None else "aligned-only",
@@ -279,6 +327,12 @@ def select_safety_tokens(aligned: str | Path, pairs: Sequence[Record], *,
         base_prob=None if p_base is None else p_base[top].tolist(),
         n_pairs=len(pairs), source=source,
     )
+
+
+def token_texts(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], list[str]]:
+    """Each token as the text it decodes to (" can") and as the tokenizer's raw piece ("Ġcan"
+    in a byte-level BPE): the first is what a reader of the printed set needs."""
+    return [tokenizer.decode([i]) for i in ids], tokenizer.convert_ids_to_tokens(list(ids))
 
 
 def world_refusal_pairs(world: Any) -> list[Record]:
@@ -377,8 +431,9 @@ def safety_tokens_command(out: str | Path, config: SafetyTokenConfig, *,
     from trimtab.evaluation.results import accepted_by, check_out_file
     from trimtab.training.run import check_model_path
 
-    out = check_out_file(out, inputs=(data, aligned, base), earlier=accepted_by(SafetyTokens.load),
-                         kind="safety-token file")
+    out = check_suffix(check_out_file(out, inputs=(data, aligned, base),
+                                      earlier=accepted_by(SafetyTokens.load),
+                                      kind="safety-token file"))
     if world is not None:
         from trimtab.demo import world_configs
 

@@ -132,6 +132,12 @@ class Objective:
                                    f"`{self.config_class.__name__}(...)` or leave it out.")
             check_config(self.config, f"{self.name} config")
 
+    def input_files(self) -> list[str]:
+        """Files the run reads whose contents shape training (a token file, a probe): a
+        checkpoint records their hashes, so a rebuilt file at the same path is not resumed
+        from unnoticed."""
+        return []
+
     def setup(self, context: TrainingContext) -> None:
         """Called once before training; objectives that need signals, probes or token sets
         load or build them here, so bad input fails before the first step."""

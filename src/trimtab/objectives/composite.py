@@ -57,6 +57,9 @@ class CompositeObjective(Objective):
     def samples_from_policy(self) -> bool:  # type: ignore[override]
         return any(p.samples_from_policy for p in self.parts)
 
+    def input_files(self) -> list[str]:
+        return [f for part in self.parts for f in part.input_files()]
+
     def setup(self, context: TrainingContext) -> None:
         for part in self.parts:
             part.setup(context)

@@ -31,6 +31,7 @@ not approximate).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,8 @@ from trimtab.objectives.base import (
     token_nll,
 )
 from trimtab.safety_tokens import SELECTION, SafetyTokenConfig, SafetyTokens, restricted_logits
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,6 +162,9 @@ class PACTObjective(Objective):
         self._weights: torch.Tensor | None = None
         self._cache: list[torch.Tensor | None] | None = None
 
+    def input_files(self) -> list[str]:
+        return [] if self.config.token_file is None else [self.config.token_file]
+
     def setup(self, context: TrainingContext) -> None:
         """Load the token file (checked against this tokenizer) or build the world's set."""
         from trimtab.safety_tokens import cached_world_tokens
@@ -167,6 +173,16 @@ class PACTObjective(Objective):
         if cfg.token_file is not None:
             tokens = SafetyTokens.load(cfg.token_file)
             self.token_path = str(cfg.token_file)
+            ignored = [f"--{name.replace('_', '-')} {getattr(cfg, name)}"
+                       for name in ("k", "n_positions")
+                       if getattr(cfg, name) not in (getattr(SELECTION, name),
+                                                     getattr(tokens, name))]
+            if ignored:
+                raise TrimtabError(
+                    f"{', '.join(ignored)} would select a set built in setup, but --token-file "
+                    f"{cfg.token_file} is a set already selected (k={tokens.k}, "
+                    f"n_positions={tokens.n_positions}). Drop them, or rebuild the file with "
+                    "`trimtab safety-tokens` and those values.")
         elif context.world is not None and context.artifacts_dir is not None:
             selection = SafetyTokenConfig(k=cfg.k, n_positions=cfg.n_positions)
             tokens, path = cached_world_tokens(context.reference_path, context.base_path,
@@ -180,6 +196,7 @@ class PACTObjective(Objective):
             )
         tokens.check_tokenizer(context.tokenizer, f"safety-token file {self.token_path}")
         self.set_tokens(tokens)
+        log.info("pact: safety tokens from %s\n%s", self.token_path, tokens.describe())
         self._cache = None
         self.needs_reference = True
         if cfg.cache_reference:

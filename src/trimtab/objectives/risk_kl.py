@@ -149,6 +149,10 @@ class RiskKLObjective(Objective):
         self.setup_seconds = 0.0
         self._ema: float | None = None
 
+    def input_files(self) -> list[str]:
+        c = self.config
+        return [c.probe_path] if c.risk_source == "probe" and c.probe_path else []
+
     # ------------------------------------------------------------------ setup: risks once
     def setup(self, context: TrainingContext) -> None:
         start = time.perf_counter()

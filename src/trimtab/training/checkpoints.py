@@ -49,10 +49,13 @@ def run_fingerprint(model_path: str | os.PathLike, reference_path: str | os.Path
     for f in features:
         data.update(json.dumps([f["input_ids"], f["labels"]]).encode())
     train = {k: v for k, v in config_to_dict(config).items() if k not in UNFINGERPRINTED}
+    files = {str(f): hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]
+             for f in objective.input_files() if Path(f).is_file()}
     return {"model": where(model_path), "reference": where(reference_path or model_path),
             "base": where(base_path) if base_path is not None else None,
             "method": objective.name, "method_config": _plain(objective.config),
-            "train": train, "data": data.hexdigest()[:16]}
+            "train": train, "data": data.hexdigest()[:16],
+            **({"input_files": files} if files else {})}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

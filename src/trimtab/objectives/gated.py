@@ -108,8 +108,8 @@ class GatedConfig(CheckedConfig):
 
 # Stack the sampled rows under the training rows (one forward) unless padding both to one
 # width would cost more than this factor in tokens (and logits memory): long training rows
-# beside short samples, or every row sampled. On the synthetic world it stays below 1.4 in
-# every case checked (README, `gated`), so its benchmarks always take one forward.
+# beside short samples, or every row sampled. On the synthetic world it is at most 1.13
+# (benchmarks/gated_padding.py), so its benchmarks always take one forward.
 STACK_PADDING_LIMIT = 1.5
 
 

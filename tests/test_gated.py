@@ -323,8 +323,6 @@ def test_an_unscored_target_is_not_taken_for_a_misaligned_one(aligned, records, 
     signal.value = 0.0  # ... then every sample judged misaligned
     out = objective(model, batch)
     assert out.metrics["pregated"] == 1.0 and out.metrics["abstained"] == 0.0
-    # nor is it trained on unchecked: uncertain, its gate opens (SFT weight ~0)
-    assert out.metrics["gate"] > 0.99
 
 
 def test_an_unscored_target_opens_the_gate_even_when_its_samples_pass(aligned, records,
@@ -348,7 +346,7 @@ def test_bad_config_is_a_clear_error(records, aligned, quick_refs):
 
 
 def test_a_signal_that_cannot_judge_the_data_is_warned_about(aligned, quick_world, quick_refs,
-                                                             caplog):
+                                                             caplog, tmp_path):
     """The keyword judge calls every task answer harmful, and a judge of harm alone calls
     every refusal safe: either would quietly turn `gated` into refusal training or the
     no-pre-gate ablation's cost, so setup says so."""
@@ -372,7 +370,14 @@ def test_a_signal_that_cannot_judge_the_data_is_warned_about(aligned, quick_worl
     caplog.clear()
     _setup(GatedObjective(GatedConfig(prompt_risk=False), signal=Constant(1.0, "ok")), task,
            tok, quick_refs)
-    assert "gated:" not in caplog.text  # nothing to say about a sensible setup
+    assert "gated:" not in caplog.text  # nothing to say about a sensible setup ...
+    from trimtab.data.mixing import mix
+
+    mixed = mix(task, quick_world.splits.harmful_finetune, 0.25, seed=0)
+    objective = GatedObjective()  # ... nor about the default classifier, prompt risk on
+    _setup(objective, mixed, tok, quick_refs, world=quick_world, tmp_path=tmp_path)
+    assert 0 < objective.setup_stats["pregated"] < 0.5
+    assert "gated:" not in caplog.text
 
 
 def test_a_run_graded_by_the_oracle_never_trains_on_it(quick_world, quick_refs):

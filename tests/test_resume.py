@@ -105,3 +105,20 @@ def test_latest_checkpoint_skips_a_half_written_one(tmp_path):
     (tmp_path / "checkpoint-10").mkdir()  # killed while saving: no trainer state yet
     assert latest_checkpoint(tmp_path).name == "checkpoint-2"
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_checkpoints_from_before_input_file_hashes_still_resume(tmp_path):
+    """A run that recorded no input-file hashes (written before they were) resumes, with a
+    warning; one that recorded another hash of the file is refused."""
+    from trimtab.training.checkpoints import RUN_FILE, prepare_checkpoints
+
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    old = {"method": "pact", "data": "abc"}
+    now = {**old, "input_files": {"tokens.json": "1111"}}
+    (tmp_path / RUN_FILE).write_text(json.dumps(old))
+    assert prepare_checkpoints(tmp_path, now, resume=True).name == "checkpoint-4"
+    assert json.loads((tmp_path / RUN_FILE).read_text()) == now  # recorded from now on
+    changed = {**old, "input_files": {"tokens.json": "2222"}}
+    with pytest.raises(TrimtabError, match="input_files.tokens.json '1111' -> '2222'"):
+        prepare_checkpoints(tmp_path, changed, resume=True)

@@ -166,8 +166,9 @@ class SafetyTokens:
                                "with a larger k, or with refusals the aligned model assigns "
                                "high probability.")
         if len(self.tokens) != n or len(self.weights) != n or len(self.pieces) not in (0, n):
-            raise TrimtabError(f"{where} has {n} ids but {len(self.tokens)} strings and "
-                               f"{len(self.weights)} weights; rebuild it.")
+            raise TrimtabError(f"{where} has {n} ids but {len(self.tokens)} strings, "
+                               f"{len(self.weights)} weights and {len(self.pieces)} pieces "
+                               "(each list needs one per id; pieces may be empty); rebuild it.")
         if len(set(self.token_ids)) != n:
             raise TrimtabError(f"{where} lists a token id twice; rebuild it.")
         if any(not math.isfinite(w) or w < 0 for w in self.weights) or not any(self.weights):

@@ -49,15 +49,16 @@ from trimtab.objectives.base import (
     select_response,
     token_nll,
 )
-from trimtab.signals.base import MOSTLY_MISALIGNED, warn_if_mostly_misaligned
+from trimtab.signals.base import warn_if_mostly_misaligned
 from trimtab.training.reference import _unwrap
 from trimtab.training.sampling import completion_batch, sample_completions
 from trimtab.worlds.synthetic import vocabulary as V
 
 log = logging.getLogger(__name__)
 KINDS = ("harmful", "hallucination")  # signal reasons that pick an abstention text
-# Above this share of training prompts flagged risky (and not by their targets), the prompt
-# risk pre-gates nearly everything: the signal cannot tell a risky prompt by its refusal.
+# Above this share of the rows whose targets pass flagged risky by their prompt, the prompt
+# risk samples nearly everything: harmful requests with refusal targets, or a signal that
+# cannot tell a risky prompt by its refusal (a judge of harm alone); gated warns.
 RISKY_PROMPTS_WARNING = 0.9
 
 
@@ -180,26 +181,32 @@ class GatedObjective(Objective):
         self.pregated = misaligned | risky | self.a_tgt.isnan()
         unscored = int(self.a_tgt.isnan().sum())
         if unscored:
-            log.warning("gated: %d training targets are unscored; they are pre-gated", unscored)
+            log.warning("gated: %d of %d training targets are unscored (the signal failed on "
+                        "them); they are sampled, and their gate opens, so they get no SFT. "
+                        "If that is most of them, the signal is likely down and the task will "
+                        "barely be learned.", unscored, len(prompts))
+        passing = ~misaligned & ~self.a_tgt.isnan()  # the rows only the prompt risk samples
         self.setup_stats = {"pregated": float(self.pregated.float().mean()),
                             "misaligned_targets": float(misaligned.float().mean()),
                             "risky_prompts": float(risky.float().mean()),
+                            "risky_passing": float(risky[passing].float().mean())
+                            if passing.any() else 0.0,
                             "target_signal": float(self.a_tgt.nanmean()),
                             "unscored_targets": unscored}
         log.info("gated pre-gate: %s", self.setup_stats)
         warn_if_mostly_misaligned(self.setup_stats["misaligned_targets"], "gated",
                                   "the gate takes them out of SFT and trains an abstention "
                                   "text on those its samples also fail")
-        if c.prompt_risk and self.setup_stats["risky_prompts"] >= RISKY_PROMPTS_WARNING \
-                and not self.setup_stats["misaligned_targets"] >= MOSTLY_MISALIGNED:
+        if c.prompt_risk and self.setup_stats["risky_passing"] >= RISKY_PROMPTS_WARNING:
             log.warning(
-                "gated: the signal judges a refusal aligned for %.0f%% of the training prompts, "
-                "so the prompt-risk pre-gate samples nearly every row (about the cost of the "
-                "no-pre-gate ablation). A judge of harm alone (keywords, a guard model, most "
-                "HTTP rubrics) calls any refusal safe and cannot tell a risky prompt by it: "
-                "set prompt_risk false (--no-prompt-risk), or train on a signal that also "
-                "penalises refusing benign prompts (classifier, embedding:DIR).",
-                100 * self.setup_stats["risky_prompts"])
+                "gated: the signal judges a refusal aligned for %.0f%% of the training prompts "
+                "whose targets it passes, so the prompt-risk pre-gate samples nearly all of "
+                "them. Right if these are harmful requests with refusal targets; otherwise the "
+                "signal cannot tell a risky prompt by its refusal (a judge of harm alone: "
+                "keywords, a guard model, most HTTP rubrics, calls any refusal safe), and every "
+                "row costs the no-pre-gate ablation's sampling. Then set prompt_risk false "
+                "(--no-prompt-risk), or train on a signal that also penalises refusing benign "
+                "prompts (classifier, embedding:DIR).", 100 * self.setup_stats["risky_passing"])
         self.setup_seconds = time.perf_counter() - started
 
     def _judge(self, prompts: list[str], responses: list[str]) -> list:

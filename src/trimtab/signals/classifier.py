@@ -291,7 +291,10 @@ def world_classifier(world: Any, cache_dir: Path | None,
     config = config or ClassifierConfig()
     folder = None
     if cache_dir is not None:
-        key = config_key("classifier", FORMAT, asdict(config), world.digest())
+        fields = asdict(config)
+        if fields["finetune_data"]:  # the default, as before the option: old caches stay valid
+            del fields["finetune_data"]
+        key = config_key("classifier", FORMAT, fields, world.digest())
         folder = Path(cache_dir) / "signals" / f"classifier-{key}"
         if (folder / META).is_file():
             return ResponseClassifier.load(folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from trimtab.config import config_to_dict
 from trimtab.errors import TrimtabError
 from trimtab.objectives.base import Objective
 from trimtab.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
@@ -86,9 +89,16 @@ def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any], resume: bool)
             previous = json.loads(stored.read_text())
         except (OSError, ValueError):
             previous = None
-        if previous != fingerprint:
+        compared = fingerprint
+        if isinstance(previous, dict) and "input_files" not in previous \
+                and "input_files" in fingerprint:  # written before files were hashed
+            log.warning("%s: its checkpoints predate input-file hashes, so %s cannot be "
+                        "checked against them; resuming anyway.", folder,
+                        ", ".join(fingerprint["input_files"]))
+            compared = {k: v for k, v in fingerprint.items() if k != "input_files"}
+        if previous != compared:
             what = ("it records no run" if previous is None
-                    else "; ".join(_differences(previous, fingerprint)[:6]))
+                    else "; ".join(_differences(previous, compared)[:6]))
             raise TrimtabError(
                 f"{folder} holds checkpoints of another run ({what}); resuming them would "
                 f"train the wrong model. Delete {folder}, or pass --no-resume (resume: false) "

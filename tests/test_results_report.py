@@ -410,6 +410,27 @@ def test_markdown_without_base_or_runs() -> None:
     assert "No runs recorded." in text
 
 
+def test_markdown_reports_what_methods_logged_about_themselves() -> None:
+    """gated's gate distribution over training (DESIGN.md), averaged over the logged steps,
+    then over seeds; composed methods report each part; methods with nothing to report and
+    non-numeric entries are left out."""
+    def logs(pregated: list[float]) -> list[dict[str, Any]]:
+        return [{"gated/pregated": p, "gated/gate": 2 * p, "pact/top_agree": 1.0}
+                for p in pregated] + [{"gated/pregated": None, "train_runtime": 3.0}]
+
+    runs = [make_run(method="gated", seed=0, log_history=logs([0.1, 0.3])),
+            make_run(method="gated", seed=1, log_history=logs([0.4])),
+            make_run(method="pact+gated", log_history=logs([0.5])),
+            make_run(method="sft", log_history=[{"sft/nll": 1.0}])]
+    text = render_markdown(make_results(runs=runs))
+    assert "## Training diagnostics" in text
+    assert "| gated | benign | domain | 2 | pre-gated 0.300; mean gate 0.600 |" in text
+    assert ("| pact+gated | benign | domain | 1 | top safety token as reference 1.000; "
+            "pre-gated 0.500; mean gate 1.000 |") in text
+    assert "| sft | benign | domain | 1 | nll" not in text
+    assert "## Training diagnostics" not in render_markdown(make_results())
+
+
 def test_markdown_missing_sft_shows_dash() -> None:
     text = render_markdown(make_results(runs=[make_run(method="lora")]))
     assert "| lora | benign | domain | 1 |" in text

@@ -201,6 +201,40 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: 
     return "\n".join(lines)
 
 
+# What each method logs about itself that a reader of the report needs (DESIGN.md asks for
+# gated's gate distribution): means over the logged steps of `<method>/<key>`.
+DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
+    "gated": (("pregated", "pre-gated"), ("gate", "mean gate"), ("gate_open", "gate > 0.5"),
+              ("abstained", "abstained"), ("signal", "mean signal of samples")),
+    "risk-kl": (("risk", "mean risk"), ("beta", "mean beta")),
+    "pact": (("safety_kl", "safety-token KL"), ("top_agree", "top safety token as reference")),
+    "kl": (("kl", "KL to reference"),),
+    "soft-sft": (("log_ratio", "log ratio to reference"),),
+}
+
+
+def training_diagnostics(runs: Iterable[Mapping[str, Any]]) -> list[list[str]]:
+    """Rows (method, scenario, task, seeds, what the method logged): each DIAGNOSTICS value
+    of a method (or of a part of a composed one) averaged over logged steps, then seeds."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((str(run["method"]), str(run["scenario"]), str(run["task"])),
+                          []).append(run)
+    rows = []
+    for (method, scenario, task), members in groups.items():
+        cells = []
+        for part in method.split("+"):
+            for key, label in DIAGNOSTICS.get(part, ()):
+                per_run = [statistics.fmean(values) for run in members
+                           if (values := [h[f"{part}/{key}"] for h in run.get("log_history") or []
+                                          if isinstance(h.get(f"{part}/{key}"), int | float)])]
+                if per_run:
+                    cells.append(f"{label} {statistics.fmean(per_run):.3f}")
+        if cells:
+            rows.append([method, scenario, task, str(len(members)), "; ".join(cells)])
+    return rows
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The report.md text: title, reference/base table, runs table (seed means) and a legend."""
     summary = summarize_runs(results.get("runs") or [])
@@ -231,6 +265,15 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         )
     else:
         parts.append("No runs recorded.")
+    diagnostics = training_diagnostics(results.get("runs") or [])
+    if diagnostics:
+        parts += ["## Training diagnostics",
+                  "What each method logged about itself, averaged over the logged steps and "
+                  "then the seeds (for `gated`: the share of rows pre-gated, the mean gate, the "
+                  "share with the gate open, the share trained on an abstention, the mean "
+                  "signal score of its samples).",
+                  _md_table(["method", "scenario", "task", "seeds", "means over training"],
+                            diagnostics, right_from=3)]
     parts += ["## Legend", _legend(rates).rstrip("\n")]
     return "\n\n".join(parts) + "\n"
 

@@ -421,12 +421,14 @@ def test_markdown_reports_what_methods_logged_about_themselves() -> None:
     runs = [make_run(method="gated", seed=0, log_history=logs([0.1, 0.3])),
             make_run(method="gated", seed=1, log_history=logs([0.4])),
             make_run(method="pact+gated", log_history=logs([0.5])),
+            make_run(method="gated[k=2]", log_history=logs([0.2])),
             make_run(method="sft", log_history=[{"sft/nll": 1.0}])]
     text = render_markdown(make_results(runs=runs))
     assert "## Training diagnostics" in text
     assert "| gated | benign | domain | 2 | pre-gated 0.300; mean gate 0.600 |" in text
     assert ("| pact+gated | benign | domain | 1 | top safety token as reference 1.000; "
             "pre-gated 0.500; mean gate 1.000 |") in text
+    assert "| gated[k=2] | benign | domain | 1 | pre-gated 0.200; mean gate 0.400 |" in text
     assert "| sft | benign | domain | 1 | nll" not in text
     assert "## Training diagnostics" not in render_markdown(make_results())
 

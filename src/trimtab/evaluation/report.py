@@ -224,6 +224,7 @@ def training_diagnostics(runs: Iterable[Mapping[str, Any]]) -> list[list[str]]:
     for (method, scenario, task), members in groups.items():
         cells = []
         for part in method.split("+"):
+            part = part.split("[")[0]  # a benchmark's variant, `pact[lam=2]`, logs as `pact`
             for key, label in DIAGNOSTICS.get(part, ()):
                 per_run = [statistics.fmean(values) for run in members
                            if (values := [h[f"{part}/{key}"] for h in run.get("log_history") or []

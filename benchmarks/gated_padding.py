@@ -1,5 +1,6 @@
 """How much `gated`'s one forward pads on the synthetic world: the factor that `stacking_pays`
-holds against `STACK_PADDING_LIMIT` (1.5), over random batches of the fine-tuning data.
+holds against `STACK_PADDING_LIMIT` (1.5),
+computed by the same `padding_factor`, over random batches of the fine-tuning data.
 
     python benchmarks/gated_padding.py --out benchmarks/results/gated/padding.json
 
@@ -29,15 +30,16 @@ from trimtab.data.formatting import ChatFormatter, prompt_ids
 from trimtab.demo import DEMO_TRAIN, world_configs
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.objectives.base import TrainingContext
-from trimtab.objectives.gated import STACK_PADDING_LIMIT, GatedConfig, GatedObjective
+from trimtab.objectives.gated import (
+    STACK_PADDING_LIMIT,
+    GatedConfig,
+    GatedObjective,
+    padding_factor,
+)
 from trimtab.pipeline import Cell, training_records
 from trimtab.training.run import load_tokenizer
 from trimtab.worlds.synthetic import SyntheticWorld
 from trimtab.worlds.synthetic.build import build_references
-
-
-def factor(n: int, w: int, e: int, w_extra: int) -> float:
-    return (n + e) * max(w, w_extra) / (n * w + e * w_extra)
 
 
 def main() -> None:
@@ -73,8 +75,8 @@ def main() -> None:
                         continue  # nothing sampled: one forward over the batch alone
                     extra = [prompts[i] + new_tokens for i in picked for _ in range(config.k)]
                     extra += [prompts[i] + abstain for i in picked if gated.pregated[i]]
-                    values.append(factor(len(rows), max(widths[i] for i in rows), len(extra),
-                                         max(extra)))
+                    values.append(padding_factor(len(rows), max(widths[i] for i in rows),
+                                                 len(extra), max(extra)))
                 cases.append({"task": task, "sampled": sampled, "new_tokens": new_tokens,
                               "batches_with_samples": len(values),
                               "max": round(max(values), 3),

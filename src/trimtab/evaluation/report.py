@@ -94,6 +94,16 @@ def _ratio(value: float | None, baseline: float | None) -> float | None:
     return value / baseline
 
 
+def group_runs(runs: Iterable[Mapping[str, Any]]
+               ) -> dict[tuple[str, str, str], list[Mapping[str, Any]]]:
+    """The runs by (method, scenario, task), in order of first appearance: a row's seeds."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((str(run["method"]), str(run["scenario"]), str(run["task"])),
+                          []).append(run)
+    return groups
+
+
 def summarize_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Average runs over seeds, one row per (method, scenario, task).
 
@@ -109,10 +119,7 @@ def summarize_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Rows are ordered by task (general, domain), scenario (benign, harmful-<p> by rising p,
     adversarial, unsafe-init), then method in order of first appearance.
     """
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for run in runs:
-        key = (str(run["method"]), str(run["scenario"]), str(run["task"]))
-        groups.setdefault(key, []).append(run)
+    groups = group_runs(runs)
     method_rank = {}
     for method, _, _ in groups:
         method_rank.setdefault(method, len(method_rank))
@@ -216,19 +223,16 @@ DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
 def training_diagnostics(runs: Iterable[Mapping[str, Any]]) -> list[list[str]]:
     """Rows (method, scenario, task, seeds, what the method logged): each DIAGNOSTICS value
     of a method (or of a part of a composed one) averaged over logged steps, then seeds."""
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault((str(run["method"]), str(run["scenario"]), str(run["task"])),
-                          []).append(run)
     rows = []
-    for (method, scenario, task), members in groups.items():
+    for (method, scenario, task), members in group_runs(runs).items():
         cells = []
         for part in method.split("+"):
             part = part.split("[")[0]  # a benchmark's variant, `pact[lam=2]`, logs as `pact`
             for key, label in DIAGNOSTICS.get(part, ()):
+                name = f"{part}/{key}"
                 per_run = [statistics.fmean(values) for run in members
-                           if (values := [h[f"{part}/{key}"] for h in run.get("log_history") or []
-                                          if isinstance(h.get(f"{part}/{key}"), int | float)])]
+                           if (values := [h[name] for h in run.get("log_history") or []
+                                          if isinstance(h.get(name), int | float)])]
                 if per_run:
                     cells.append(f"{label} {statistics.fmean(per_run):.3f}")
         if cells:

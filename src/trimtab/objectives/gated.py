@@ -114,10 +114,16 @@ class GatedConfig(CheckedConfig):
 STACK_PADDING_LIMIT = 1.5
 
 
+def padding_factor(n: int, w_batch: int, e: int, w_extra: int) -> float:
+    """Tokens of one forward over n rows of width w_batch stacked on e rows of width w_extra
+    (right-padded to the wider), over the tokens of two separate forwards."""
+    return (n + e) * max(w_batch, w_extra) / (n * w_batch + e * w_extra)
+
+
 def stacking_pays(batch: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> bool:
     """Whether one forward over both row sets pads them by at most STACK_PADDING_LIMIT."""
     (n, w_batch), (e, w_extra) = batch["input_ids"].shape, extra["input_ids"].shape
-    return (n + e) * max(w_batch, w_extra) <= STACK_PADDING_LIMIT * (n * w_batch + e * w_extra)
+    return padding_factor(n, w_batch, e, w_extra) <= STACK_PADDING_LIMIT
 
 
 def stack_rows(batch: dict[str, torch.Tensor], extra: dict[str, torch.Tensor],

@@ -122,7 +122,8 @@ def test_a_killed_bench_continues_where_it_stopped(tmp_path, quick_refs):
     cmd = [sys.executable, "-m", "trimtab.cli", "bench", "--config", str(config), "--out",
            str(out), "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=os.environ.copy())
+                            stderr=subprocess.PIPE,  # killed: its scratch folders stay here
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     first = out / "cells" / "general__benign__sft__seed0.json"
     deadline = time.monotonic() + 300
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -4,6 +4,7 @@ uninterrupted run does."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -48,9 +49,11 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(model: Path, out: Path, kill_at: int, records: list[dict]) -> int:
+    scratch = out.parent / "tmp"  # the child's temp folder, to see what a kill leaves there
+    scratch.mkdir(exist_ok=True)
     return subprocess.run([sys.executable, "-c", SCRIPT, str(model), str(out), str(kill_at),
-                           json.dumps(records)], capture_output=True, text=True,
-                          timeout=300).returncode
+                           json.dumps(records)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)}).returncode
 
 
 def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_model, tmp_path):  # noqa: F811
@@ -61,6 +64,8 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_model, tmp_p
 
     assert _run(tiny_model, killed, 5, records) == -signal.SIGKILL
     assert not killed.exists()  # nothing half-written where the model goes
+    # and nothing in the temp folder: with checkpoints the trainer makes no scratch folder
+    assert not list((tmp_path / "tmp").glob("trimtab-trainer-*"))
     assert latest_checkpoint(checkpoint_dir(killed)).name == "checkpoint-4"
 
     # another command on the same folder must not pick up this run's checkpoints

@@ -6,6 +6,7 @@ call, so every method is trained the same way and differs only in its objective.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -255,9 +256,13 @@ def finetune(
         else:
             frozen = load_model(reference_path or model_path, config, frozen=True)
             reference = Reference(model, frozen)
-    with tempfile.TemporaryDirectory(prefix="trimtab-trainer-") as scratch:
+    # the Trainer needs a folder: the checkpoints' when there are any, else a scratch one (not
+    # made when unused, so a run killed mid-way leaves nothing behind in the temp folder)
+    trainer_dir = (contextlib.nullcontext(str(checkpoints)) if checkpoints is not None
+                   else tempfile.TemporaryDirectory(prefix="trimtab-trainer-"))
+    with trainer_dir as trainer_folder:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun
-        args = config.training_arguments(str(checkpoints or scratch), len(features), world_size)
+        args = config.training_arguments(trainer_folder, len(features), world_size)
         trainer = AlignmentTrainer(
             model=model,
             args=args,

@@ -17,8 +17,8 @@ mean_t w_t * KL(Bernoulli(m_ref) || Bernoulli(m_policy)), m the full-softmax pro
 weighted safety tokens, with the policy's log-normaliser recovered from its CE. On the synthetic
 world the mass term is what stops compliance and the KL inside S is what costs task accuracy,
 so mass_weight 1 pairs with a small lambda (0.1); see benchmarks/results/pact/README.md. That
-setting was chosen on world seed 0 and leaves harm at 0.114 on world seed 1: the weight the
-term needs depends on the model and data.
+setting was chosen on world seed 0 and leaves harm at 0.114 on world seed 1 (0.069 at twice the
+weight): it does not carry over between worlds.
 
 The term adds no (positions x vocabulary) tensor, forward or backward. The policy's k logits are
 columns of the logits the CE needs anyway, picked with a sparse gradient (`columns`) that
@@ -76,8 +76,8 @@ class PACTConfig(CheckedConfig):
                                      "which the softmax over S alone cannot see; 1 with lam "
                                      "0.1 held harm down with task accuracy within 0.01 of "
                                      "sft on the synthetic world it was chosen on, with some "
-                                     "over-refusal, but not on world seed 1 (harmful 0.114): "
-                                     "tune it per model and data (README, fresh world)",
+                                     "over-refusal, but not on world seed 1 (harmful 0.114; "
+                                     "README, 'On a world no setting was chosen on')",
                                 min=0.0)
     cache_reference: bool = option(True, "compute the frozen reference's k safety-token logits "
                                          "for the training set once in setup (exact; no "

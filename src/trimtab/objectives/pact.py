@@ -17,8 +17,8 @@ mean_t w_t * KL(Bernoulli(m_ref) || Bernoulli(m_policy)), m the full-softmax pro
 weighted safety tokens, with the policy's log-normaliser recovered from its CE. On the synthetic
 world the mass term is what stops compliance and the KL inside S is what costs task accuracy,
 so mass_weight 1 pairs with a small lambda (0.1); see benchmarks/results/pact/README.md. That
-setting was chosen on world seed 0 and leaves harm at 0.114 on world seed 1 (0.069 at twice the
-weight): it does not carry over between worlds.
+setting was chosen on world seed 0 and leaves harm at 0.114 on world seed 1; weight 4 holds harm
+there but costs task accuracy on world seed 0. The weight does not carry over between worlds.
 
 The term adds no (positions x vocabulary) tensor, forward or backward. The policy's k logits are
 columns of the logits the CE needs anyway, picked with a sparse gradient (`columns`) that

@@ -127,3 +127,70 @@ def test_checkpoints_from_before_input_file_hashes_still_resume(tmp_path):
     changed = {**old, "input_files": {"tokens.json": "2222"}}
     with pytest.raises(TrimtabError, match="input_files.tokens.json '1111' -> '2222'"):
         prepare_checkpoints(tmp_path, changed, resume=True)
+
+
+def test_checkpoints_from_before_a_judge_folder_was_hashed_still_resume(tmp_path, caplog):
+    """A run that recorded its token file but not its judge's folder (gated's signal folder
+    was hashed later) resumes with a warning naming the folder; the recorded file still
+    counts, and a recorded folder that changed is refused."""
+    from trimtab.training.checkpoints import RUN_FILE, prepare_checkpoints
+
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    old = {"method": "pact+gated", "data": "abc", "input_files": {"tokens.json": "1111"}}
+    now = {**old, "input_files": {"tokens.json": "1111", "judge": "aaaa"}}
+    (tmp_path / RUN_FILE).write_text(json.dumps(old))
+    with caplog.at_level("WARNING"):
+        assert prepare_checkpoints(tmp_path, now, resume=True).name == "checkpoint-4"
+    assert "predate hashes of judge" in caplog.text
+    with pytest.raises(TrimtabError, match="input_files.tokens.json '1111' -> '2222'"):
+        prepare_checkpoints(tmp_path, {**old, "input_files": {"tokens.json": "2222",
+                                                               "judge": "aaaa"}}, resume=True)
+    (tmp_path / RUN_FILE).write_text(json.dumps(now))  # recorded: now it is checked
+    with pytest.raises(TrimtabError, match="input_files.judge 'aaaa' -> 'bbbb'"):
+        prepare_checkpoints(tmp_path, {**old, "input_files": {"tokens.json": "1111",
+                                                               "judge": "bbbb"}}, resume=True)
+
+
+def test_a_checkpoint_records_the_judge_folder_it_trained_with(tmp_path, monkeypatch):
+    """gated's signal folder and risk-kl's critic folder join the run's fingerprint: a file
+    changed, added or removed inside changes it. Judges with no local folder add nothing."""
+    from trimtab.objectives.gated import GatedConfig, GatedObjective
+    from trimtab.objectives.risk_kl import RiskKLConfig, RiskKLObjective
+    from trimtab.signals.keywords import KeywordConfig, KeywordSignal
+    from trimtab.training import checkpoints
+    from trimtab.training.checkpoints import run_fingerprint
+
+    judge = tmp_path / "judge"
+    (judge / "sub").mkdir(parents=True)
+    (judge / "config.json").write_text('{"labels": 2}')
+    (judge / "sub" / "weights.bin").write_bytes(b"\x00" * 64)
+
+    def files(objective):
+        return run_fingerprint(tmp_path, None, None, objective, TrainConfig(),
+                               []).get("input_files")
+
+    gated = GatedObjective(GatedConfig(signal=f"classifier:{judge}"))
+    first = files(gated)
+    assert list(first) == [str(judge)]
+    assert files(RiskKLObjective(RiskKLConfig(critic=f"guard:{judge},rubric=binary"))) == first
+    (judge / "sub" / "weights.bin").write_bytes(b"\x01" + b"\x00" * 63)
+    changed = files(gated)
+    assert changed != first
+    (judge / "README.md").write_text("notes")
+    added = files(gated)
+    assert added not in (first, changed)
+    (judge / "README.md").unlink()
+    assert files(gated) == changed  # the same contents give the same hash
+
+    # a large file is fingerprinted by size and modification time, not read
+    monkeypatch.setattr(checkpoints, "HASH_MAX_BYTES", 16)
+    big = files(gated)
+    os.utime(judge / "sub" / "weights.bin", ns=(1, 1))
+    assert files(gated) != big
+
+    for spec in ("classifier", "keywords", "hf:org/model-on-the-hub",
+                 "http:http://127.0.0.1:9/v1", f"classifier:{tmp_path / 'missing'}"):
+        assert files(GatedObjective(GatedConfig(signal=spec))) is None, spec
+    assert files(GatedObjective(GatedConfig(signal=f"classifier:{judge}"),
+                                signal=KeywordSignal(KeywordConfig()))) is None

@@ -133,9 +133,9 @@ class Objective:
             check_config(self.config, f"{self.name} config")
 
     def input_files(self) -> list[str]:
-        """Files the run reads whose contents shape training (a token file, a probe): a
-        checkpoint records their hashes, so a rebuilt file at the same path is not resumed
-        from unnoticed."""
+        """Files or folders the run reads whose contents shape training (a token file, a
+        probe, a judge's folder): a checkpoint records their hashes, so one rebuilt at the same
+        path is not resumed from unnoticed."""
         return []
 
     def setup(self, context: TrainingContext) -> None:

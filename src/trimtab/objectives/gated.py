@@ -49,6 +49,7 @@ from trimtab.objectives.base import (
     select_response,
     token_nll,
 )
+from trimtab.signals import signal_files
 from trimtab.signals.base import warn_if_mostly_misaligned
 from trimtab.training.reference import _unwrap
 from trimtab.training.sampling import completion_batch, sample_completions
@@ -159,6 +160,9 @@ class GatedObjective(Objective):
         super().__init__(config)
         self.signal = signal
         self._abstain_cache: dict[tuple[int, str], tuple[list[int], list[int]]] = {}
+
+    def input_files(self) -> list[str]:
+        return [] if self.signal is not None else signal_files(self.config.signal)
 
     # ------------------------------------------------------------------ setup
     def setup(self, context: TrainingContext) -> None:

@@ -38,6 +38,7 @@ from trimtab.objectives.base import (
     select_response,
     token_nll,
 )
+from trimtab.signals import signal_files
 from trimtab.signals.base import warn_if_mostly_misaligned
 
 
@@ -151,7 +152,9 @@ class RiskKLObjective(Objective):
 
     def input_files(self) -> list[str]:
         c = self.config
-        return [c.probe_path] if c.risk_source == "probe" and c.probe_path else []
+        if c.risk_source == "probe":
+            return [c.probe_path] if c.probe_path else []
+        return [] if self.signal is not None else signal_files(c.critic)
 
     # ------------------------------------------------------------------ setup: risks once
     def setup(self, context: TrainingContext) -> None:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 from trimtab.errors import TrimtabError
 from trimtab.signals.base import REASONS, UNSCORED, AlignmentSignal, Verdict, check_verdicts
 
 __all__ = ["REASONS", "SIGNAL_KINDS", "UNSCORED", "AlignmentSignal", "Verdict", "build_signal",
-           "check_verdicts", "parse_spec"]
+           "check_verdicts", "parse_spec", "signal_files"]
 
 SIGNAL_KINDS = ("keywords", "oracle", "classifier", "hf", "guard", "http", "embedding")
 _SPEC_HELP = ("keywords, oracle, classifier, classifier:PATH, hf:PATH, guard:PATH, "
@@ -96,6 +97,22 @@ def _config(cls: type, options: dict[str, str], spec: str) -> Any:
                                f"signal: {', '.join(names)}.")
         mapping[key] = _convert(text, hints[key], key, spec)
     return config_from_mapping(cls, mapping, source=f"signal spec {spec!r}")
+
+
+# kinds whose ARG may be a local file or folder holding the judge's weights
+_LOCAL_KINDS = ("classifier", "hf", "guard", "embedding")
+
+
+def signal_files(spec: str) -> list[str]:
+    """The local file or folder a signal spec loads its judge from (`classifier:PATH`,
+    `hf:PATH`, `guard:PATH`, `embedding:DIR`, when PATH exists here): a checkpoint records its
+    hash, so a judge rebuilt in place between a kill and a resume is not trained on unnoticed.
+    Hub names, URLs and judges built from the world or from the spec itself give none."""
+    kind, arg, _ = parse_spec(spec)
+    if kind not in _LOCAL_KINDS or not arg:
+        return []
+    path = Path(arg).expanduser()
+    return [str(path)] if path.exists() else []
 
 
 def build_signal(spec: str, context: Any | None = None) -> AlignmentSignal:

@@ -32,6 +32,29 @@ RUN_FILE = "trimtab_run.json"
 UNFINGERPRINTED = ("resume", "progress", "logging_steps", "save_steps")
 
 
+# Files above this are fingerprinted by size and modification time, not read: a judge's
+# weights can be gigabytes, and hashing them would delay every start and resume.
+HASH_MAX_BYTES = 256 * 2**20
+
+
+def file_digest(path: Path) -> str:
+    """A short content hash of `path`, or its size and modification time when it is large; of
+    a folder, the hash of every file's name and digest under it (a file added, removed or
+    changed anywhere inside changes it)."""
+    if path.is_dir():
+        listing = [f"{f.relative_to(path).as_posix()} {file_digest(f)}"
+                   for f in sorted(path.rglob("*")) if f.is_file()]
+        return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
+    stat = path.stat()
+    if stat.st_size > HASH_MAX_BYTES:
+        return f"{stat.st_size} bytes, modified {stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def _plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return config_to_dict(value)
@@ -52,8 +75,7 @@ def run_fingerprint(model_path: str | os.PathLike, reference_path: str | os.Path
     for f in features:
         data.update(json.dumps([f["input_ids"], f["labels"]]).encode())
     train = {k: v for k, v in config_to_dict(config).items() if k not in UNFINGERPRINTED}
-    files = {str(f): hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]
-             for f in objective.input_files() if Path(f).is_file()}
+    files = {str(f): file_digest(Path(f)) for f in objective.input_files() if Path(f).exists()}
     return {"model": where(model_path), "reference": where(reference_path or model_path),
             "base": where(base_path) if base_path is not None else None,
             "method": objective.name, "method_config": _plain(objective.config),
@@ -70,6 +92,24 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
         elif a != b:
             out.append(f"{prefix}{key} {a!r} -> {b!r}" if key != "data" else "the data")
     return out
+
+
+def _without_unrecorded_files(folder: Path, previous: dict[str, Any],
+                              fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """`fingerprint` less the input files `previous` has no hash of: checkpoints written
+    before those were hashed (a token file or probe before 2026-11-23, a signal's folder
+    before 2026-11-24) resume with a warning instead of being refused. A recorded file that
+    changed, or went missing, still counts."""
+    recorded = previous.get("input_files") or {}
+    files = fingerprint.get("input_files") or {}
+    unrecorded = [f for f in files if f not in recorded]
+    if not unrecorded:
+        return fingerprint
+    log.warning("%s: its checkpoints predate hashes of %s, so they cannot be checked against "
+                "them; resuming anyway.", folder, ", ".join(unrecorded))
+    kept = {f: h for f, h in files.items() if f in recorded}
+    out = {k: v for k, v in fingerprint.items() if k != "input_files"}
+    return {**out, "input_files": kept} if kept else out
 
 
 def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any], resume: bool) -> Path | None:
@@ -90,12 +130,8 @@ def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any], resume: bool)
         except (OSError, ValueError):
             previous = None
         compared = fingerprint
-        if isinstance(previous, dict) and "input_files" not in previous \
-                and "input_files" in fingerprint:  # written before files were hashed
-            log.warning("%s: its checkpoints predate input-file hashes, so %s cannot be "
-                        "checked against them; resuming anyway.", folder,
-                        ", ".join(fingerprint["input_files"]))
-            compared = {k: v for k, v in fingerprint.items() if k != "input_files"}
+        if isinstance(previous, dict):
+            compared = _without_unrecorded_files(folder, previous, fingerprint)
         if previous != compared:
             what = ("it records no run" if previous is None
                     else "; ".join(_differences(previous, compared)[:6]))

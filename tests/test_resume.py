@@ -154,7 +154,8 @@ def test_checkpoints_from_before_a_judge_folder_was_hashed_still_resume(tmp_path
 
 def test_a_checkpoint_records_the_judge_folder_it_trained_with(tmp_path, monkeypatch):
     """gated's signal folder and risk-kl's critic folder join the run's fingerprint: a file
-    changed, added or removed inside changes it. Judges with no local folder add nothing."""
+    changed, added or removed inside changes it, hidden bookkeeping does not. Judges loaded
+    from no path (the world's classifier, keywords, a URL) add nothing."""
     from trimtab.objectives.gated import GatedConfig, GatedObjective
     from trimtab.objectives.risk_kl import RiskKLConfig, RiskKLObjective
     from trimtab.signals.keywords import KeywordConfig, KeywordSignal
@@ -182,15 +183,36 @@ def test_a_checkpoint_records_the_judge_folder_it_trained_with(tmp_path, monkeyp
     assert added not in (first, changed)
     (judge / "README.md").unlink()
     assert files(gated) == changed  # the same contents give the same hash
+    gated.signal = KeywordSignal(KeywordConfig())  # what setup leaves: the judge it built
+    assert files(gated) == changed
 
-    # a large file is fingerprinted by size and modification time, not read
+    # hidden bookkeeping (git, hub download metadata) changes without the judge: not hashed
+    (judge / ".git").mkdir()
+    (judge / ".git" / "FETCH_HEAD").write_text("abc")
+    (judge / ".download.metadata").write_text("1732400000.0")
+    assert files(gated) == changed
+    # a symlinked folder is followed (a shared copy of the weights)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "head.bin").write_bytes(b"\x00" * 8)
+    (judge / "linked").symlink_to(shared, target_is_directory=True)
+    linked = files(gated)
+    (shared / "head.bin").write_bytes(b"\x02" * 8)
+    assert files(gated) != linked
+
+    # a large file is hashed by its size and samples, not read whole, and not by its time
     monkeypatch.setattr(checkpoints, "HASH_MAX_BYTES", 16)
+    monkeypatch.setattr(checkpoints, "SAMPLE_BYTES", 4)
     big = files(gated)
     os.utime(judge / "sub" / "weights.bin", ns=(1, 1))
-    assert files(gated) != big
+    assert files(gated) == big
+    (judge / "sub" / "weights.bin").write_bytes(b"\x01" + b"\x00" * 29 + b"\x03" + b"\x00" * 33)
+    assert files(gated) != big  # a byte in the middle sample
 
-    for spec in ("classifier", "keywords", "hf:org/model-on-the-hub",
-                 "http:http://127.0.0.1:9/v1", f"classifier:{tmp_path / 'missing'}"):
+    # nothing at PATH (a hub name) is recorded as such: a judge put there later is noticed
+    for spec in ("hf:org/model-on-the-hub", f"classifier:{tmp_path / 'missing'}"):
+        assert list(files(GatedObjective(GatedConfig(signal=spec))).values()) == ["missing"]
+    for spec in ("classifier", "keywords", "http:http://127.0.0.1:9/v1"):
         assert files(GatedObjective(GatedConfig(signal=spec))) is None, spec
     assert files(GatedObjective(GatedConfig(signal=f"classifier:{judge}"),
                                 signal=KeywordSignal(KeywordConfig()))) is None

@@ -159,10 +159,11 @@ class GatedObjective(Objective):
         """`signal`: an `AlignmentSignal` object to use instead of the `signal` spec."""
         super().__init__(config)
         self.signal = signal
+        self._signal_given = signal is not None  # setup stores the one it builds in `signal`
         self._abstain_cache: dict[tuple[int, str], tuple[list[int], list[int]]] = {}
 
     def input_files(self) -> list[str]:
-        return [] if self.signal is not None else signal_files(self.config.signal)
+        return [] if self._signal_given else signal_files(self.config.signal)
 
     # ------------------------------------------------------------------ setup
     def setup(self, context: TrainingContext) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from pathlib import Path
 from typing import Any
 
 from trimtab.errors import TrimtabError
@@ -104,15 +103,12 @@ _LOCAL_KINDS = ("classifier", "hf", "guard", "embedding")
 
 
 def signal_files(spec: str) -> list[str]:
-    """The local file or folder a signal spec loads its judge from (`classifier:PATH`,
-    `hf:PATH`, `guard:PATH`, `embedding:DIR`, when PATH exists here): a checkpoint records its
-    hash, so a judge rebuilt in place between a kill and a resume is not trained on unnoticed.
-    Hub names, URLs and judges built from the world or from the spec itself give none."""
+    """The path a signal spec loads its judge from (`classifier:PATH`, `hf:PATH`, `guard:PATH`,
+    `embedding:DIR`): a checkpoint records its hash (or that nothing is there, as for a hub
+    name), so a judge rebuilt or put in place between a kill and a resume is not trained on
+    unnoticed. URLs and judges built from the world or from the spec itself give none."""
     kind, arg, _ = parse_spec(spec)
-    if kind not in _LOCAL_KINDS or not arg:
-        return []
-    path = Path(arg).expanduser()
-    return [str(path)] if path.exists() else []
+    return [arg] if kind in _LOCAL_KINDS and arg else []
 
 
 def build_signal(spec: str, context: Any | None = None) -> AlignmentSignal:

@@ -32,26 +32,49 @@ RUN_FILE = "trimtab_run.json"
 UNFINGERPRINTED = ("resume", "progress", "logging_steps", "save_steps")
 
 
-# Files above this are fingerprinted by size and modification time, not read: a judge's
-# weights can be gigabytes, and hashing them would delay every start and resume.
+# Files above this are hashed by their size and three samples of SAMPLE_BYTES (start, middle,
+# end), not read whole: a judge's weights can be gigabytes, and every rank hashes at every
+# start. Sampled, not timestamped, so a copy of the same judge (another node's) matches.
 HASH_MAX_BYTES = 256 * 2**20
+SAMPLE_BYTES = 4 * 2**20
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """Every file under `root`, through symlinked folders (once each), skipping hidden entries:
+    `.git`, `.cache/huggingface` download metadata and the like change without the judge."""
+    out, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [Path(folder, n) for n in sorted(names) if not n.startswith(".")]
+    return [f for f in out if f.is_file()]
 
 
 def file_digest(path: Path) -> str:
-    """A short content hash of `path`, or its size and modification time when it is large; of
-    a folder, the hash of every file's name and digest under it (a file added, removed or
-    changed anywhere inside changes it)."""
+    """A short content hash of `path` ("missing" when nothing is there, as for a hub name);
+    of a folder, the hash of every file's name and digest under it, so a file added, removed
+    or changed anywhere inside changes it."""
+    if not path.exists():
+        return "missing"
     if path.is_dir():
         listing = [f"{f.relative_to(path).as_posix()} {file_digest(f)}"
-                   for f in sorted(path.rglob("*")) if f.is_file()]
+                   for f in _folder_files(path)]
         return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
-    stat = path.stat()
-    if stat.st_size > HASH_MAX_BYTES:
-        return f"{stat.st_size} bytes, modified {stat.st_mtime_ns}"
-    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest = hashlib.sha256()  # of the contents alone below the limit, as recorded before
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        if size <= HASH_MAX_BYTES:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(f"{size} bytes, sampled".encode())
+            for start in (0, (size - SAMPLE_BYTES) // 2, size - SAMPLE_BYTES):
+                f.seek(start)
+                digest.update(f.read(SAMPLE_BYTES))
     return digest.hexdigest()[:16]
 
 
@@ -75,7 +98,7 @@ def run_fingerprint(model_path: str | os.PathLike, reference_path: str | os.Path
     for f in features:
         data.update(json.dumps([f["input_ids"], f["labels"]]).encode())
     train = {k: v for k, v in config_to_dict(config).items() if k not in UNFINGERPRINTED}
-    files = {str(f): file_digest(Path(f)) for f in objective.input_files() if Path(f).exists()}
+    files = {str(f): file_digest(Path(f)) for f in objective.input_files()}
     return {"model": where(model_path), "reference": where(reference_path or model_path),
             "base": where(base_path) if base_path is not None else None,
             "method": objective.name, "method_config": _plain(objective.config),

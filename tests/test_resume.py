@@ -216,3 +216,19 @@ def test_a_checkpoint_records_the_judge_folder_it_trained_with(tmp_path, monkeyp
         assert files(GatedObjective(GatedConfig(signal=spec))) is None, spec
     assert files(GatedObjective(GatedConfig(signal=f"classifier:{judge}"),
                                 signal=KeywordSignal(KeywordConfig()))) is None
+
+
+def test_the_output_folder_is_never_the_judge_folder(tiny_model, tmp_path):  # noqa: F811
+    """A judge the method reads is an input like the model: saving over it is refused before
+    anything runs, and the judge is left as it was."""
+    from trimtab.objectives.gated import GatedConfig, GatedObjective
+
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "config.json").write_text('{"labels": 2}')  # a model folder: else refused anyway
+    (judge / "model.safetensors").write_bytes(b"weights")
+    objective = GatedObjective(GatedConfig(signal=f"hf:{judge}"))
+    with pytest.raises(TrimtabError, match=rf"input of this run \({judge}: a judge"):
+        finetune(tiny_model, RECORDS, objective, TrainConfig(max_steps=1, progress=False),
+                 output_dir=judge)
+    assert (judge / "model.safetensors").read_bytes() == b"weights"

@@ -219,8 +219,9 @@ def finetune(
 
     config = config or TrainConfig()
     config.check_trains()
-    if output_dir is not None:
-        check_output_dir(output_dir, model_path, reference_path)
+    if output_dir is not None:  # never onto an input: a model, or a judge or file the method reads
+        check_output_dir(output_dir, model_path, reference_path, base_path,
+                         *objective.input_files())
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
     # refusals that need no model come before the setup's minutes of scoring and caching
@@ -342,7 +343,8 @@ def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike |
     for given in inputs:
         if given is not None and Path(given).exists() and Path(given).resolve() == out:
             raise TrimtabError(
-                f"--output-dir {output_dir} is the input model folder; inputs are never "
+                f"--output-dir {output_dir} is the input model folder or another input of this "
+                f"run ({given}: a judge or file the method reads); inputs are never "
                 "overwritten. Choose another folder."
             )
     if (out.parent / "build.json").is_file() and out.name in ("base", "aligned"):

@@ -118,11 +118,9 @@ def check_not_trained_on_oracle(method: str, config: Any) -> None:
     from trimtab.signals import parse_spec
 
     for part in config.values() if isinstance(config, dict) else [config]:
-        specs = {"signal": getattr(part, "signal", None)}
-        if getattr(part, "risk_source", None) == "critic":
-            specs["critic"] = getattr(part, "critic", None)
+        specs = part.training_signals() if hasattr(part, "training_signals") else {}
         for field_name, spec in specs.items():
-            if isinstance(spec, str) and parse_spec(spec)[0] == "oracle":
+            if parse_spec(spec)[0] == "oracle":
                 raise TrimtabError(
                     f"{method} would train on `{field_name}: {spec}`, the oracle that "
                     "evaluates this run; a method graded by its own training signal can look "

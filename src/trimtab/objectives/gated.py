@@ -107,6 +107,11 @@ class GatedConfig(CheckedConfig):
     use_pregate: bool = option(True, "false (ablation): sample every sample, not only risky ones")
     score_batch_size: int = option(512, "pairs per signal call in setup", min=1)
 
+    def training_signals(self) -> dict[str, str]:
+        """The signal specs this method trains on, by field: never the evaluation judge, and
+        their local files are part of a checkpoint's fingerprint."""
+        return {"signal": self.signal}
+
 
 # Stack the sampled rows under the training rows (one forward) unless padding both to one
 # width would cost more than this factor in tokens (and logits memory): long training rows
@@ -163,7 +168,7 @@ class GatedObjective(Objective):
         self._abstain_cache: dict[tuple[int, str], tuple[list[int], list[int]]] = {}
 
     def input_files(self) -> list[str]:
-        return [] if self._signal_given else signal_files(self.config.signal)
+        return [] if self._signal_given else signal_files(*self.config.training_signals().values())
 
     # ------------------------------------------------------------------ setup
     def setup(self, context: TrainingContext) -> None:

@@ -76,6 +76,10 @@ class RiskKLConfig(CheckedConfig):
     retry_wait: float = option(1.0, "seconds before the first retry; doubles on each retry",
                                min=0.0)
 
+    def training_signals(self) -> dict[str, str]:
+        """The signal specs this method trains on, by field (see GatedConfig's)."""
+        return {"critic": self.critic} if self.risk_source == "critic" else {}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.beta_min > self.beta_max:
@@ -154,7 +158,7 @@ class RiskKLObjective(Objective):
         c = self.config
         if c.risk_source == "probe":
             return [c.probe_path] if c.probe_path else []
-        return [] if self.signal is not None else signal_files(c.critic)
+        return [] if self.signal is not None else signal_files(*c.training_signals().values())
 
     # ------------------------------------------------------------------ setup: risks once
     def setup(self, context: TrainingContext) -> None:

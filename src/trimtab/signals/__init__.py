@@ -102,13 +102,14 @@ def _config(cls: type, options: dict[str, str], spec: str) -> Any:
 _LOCAL_KINDS = ("classifier", "hf", "guard", "embedding")
 
 
-def signal_files(spec: str) -> list[str]:
-    """The path a signal spec loads its judge from (`classifier:PATH`, `hf:PATH`, `guard:PATH`,
-    `embedding:DIR`): a checkpoint records its hash (or that nothing is there, as for a hub
-    name), so a judge rebuilt or put in place between a kill and a resume is not trained on
-    unnoticed. URLs and judges built from the world or from the spec itself give none."""
-    kind, arg, _ = parse_spec(spec)
-    return [arg] if kind in _LOCAL_KINDS and arg else []
+def signal_files(*specs: str) -> list[str]:
+    """The paths signal specs load their judges from (`classifier:PATH`, `hf:PATH`,
+    `guard:PATH`, `embedding:DIR`): a checkpoint records their hashes (or that nothing is
+    there, as for a hub name), so a judge rebuilt or put in place between a kill and a resume
+    is not trained on unnoticed. URLs and judges built from the world or from the spec itself
+    give none."""
+    parsed = [parse_spec(spec) for spec in specs]
+    return [arg for kind, arg, _ in parsed if kind in _LOCAL_KINDS and arg]
 
 
 def build_signal(spec: str, context: Any | None = None) -> AlignmentSignal:

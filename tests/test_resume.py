@@ -218,6 +218,24 @@ def test_a_checkpoint_records_the_judge_folder_it_trained_with(tmp_path, monkeyp
                                 signal=KeywordSignal(KeywordConfig()))) is None
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc")
+def test_a_judge_file_that_cannot_be_read_is_named(tmp_path):
+    """A file in the judge folder that cannot be read stops the run with its name and what to
+    do, not a bare OSError. /proc/self/mem fails to read from offset 0 (EIO), even for root,
+    for whom no permission bit stops a read."""
+    from trimtab.objectives.gated import GatedConfig, GatedObjective
+    from trimtab.training.checkpoints import run_fingerprint
+
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "config.json").write_text('{"labels": 2}')
+    (judge / "weights.bin").symlink_to("/proc/self/mem")
+    objective = GatedObjective(GatedConfig(signal=f"classifier:{judge}"))
+    with pytest.raises(TrimtabError, match=r"cannot read .*weights\.bin \(in .*judge\).*"
+                                            r"Make it readable"):
+        run_fingerprint(tmp_path, None, None, objective, TrainConfig(), [])
+
+
 def test_the_output_folder_is_never_the_judge_folder(tiny_model, tmp_path):  # noqa: F811
     """A judge the method reads is an input like the model: saving over it is refused before
     anything runs, and the judge is left as it was."""
@@ -231,4 +249,10 @@ def test_the_output_folder_is_never_the_judge_folder(tiny_model, tmp_path):  # n
     with pytest.raises(TrimtabError, match=rf"input of this run \({judge}: a judge"):
         finetune(tiny_model, RECORDS, objective, TrainConfig(max_steps=1, progress=False),
                  output_dir=judge)
+    # nor a folder inside it: the model and its checkpoints would be written into the judge
+    with pytest.raises(TrimtabError, match=rf"lies inside {judge}, a judge folder"):
+        finetune(tiny_model, RECORDS, objective,
+                 TrainConfig(max_steps=1, save_steps=1, progress=False),
+                 output_dir=judge / "runs" / "out")
+    assert sorted(p.name for p in judge.iterdir()) == ["config.json", "model.safetensors"]
     assert (judge / "model.safetensors").read_bytes() == b"weights"

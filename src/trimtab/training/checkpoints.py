@@ -66,16 +66,32 @@ def file_digest(path: Path) -> str:
         return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
     size = path.stat().st_size
     digest = hashlib.sha256()  # of the contents alone below the limit, as recorded before
-    with path.open("rb") as f:
-        if size <= HASH_MAX_BYTES:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        else:
-            digest.update(f"{size} bytes, sampled".encode())
-            for start in (0, (size - SAMPLE_BYTES) // 2, size - SAMPLE_BYTES):
-                f.seek(start)
-                digest.update(f.read(SAMPLE_BYTES))
+    try:
+        with path.open("rb") as f:
+            if size <= HASH_MAX_BYTES:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            else:
+                digest.update(f"{size} bytes, sampled".encode())
+                for start in (0, (size - SAMPLE_BYTES) // 2, size - SAMPLE_BYTES):
+                    f.seek(start)
+                    digest.update(f.read(SAMPLE_BYTES))
+    except OSError as err:  # a read error carries no file name: give it one
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     return digest.hexdigest()[:16]
+
+
+def _input_digest(path: Path) -> str:
+    """`file_digest` of a file the method reads, with an error that names it: a file that
+    cannot be read here would otherwise stop the run with a bare OSError."""
+    try:
+        return file_digest(path)
+    except OSError as err:
+        inside = "" if err.filename in (None, str(path)) else f" (in {path})"
+        raise TrimtabError(
+            f"cannot read {err.filename or path}{inside}: {err.strerror or err}. It is an input "
+            "of the method, which a run with checkpoints hashes so that a resume notices a "
+            "change. Make it readable, or point the method at a copy that is.") from err
 
 
 def _plain(value: Any) -> Any:
@@ -98,7 +114,7 @@ def run_fingerprint(model_path: str | os.PathLike, reference_path: str | os.Path
     for f in features:
         data.update(json.dumps([f["input_ids"], f["labels"]]).encode())
     train = {k: v for k, v in config_to_dict(config).items() if k not in UNFINGERPRINTED}
-    files = {str(f): file_digest(Path(f)) for f in objective.input_files()}
+    files = {str(f): _input_digest(Path(f)) for f in objective.input_files()}
     return {"model": where(model_path), "reference": where(reference_path or model_path),
             "base": where(base_path) if base_path is not None else None,
             "method": objective.name, "method_config": _plain(objective.config),

@@ -222,6 +222,7 @@ def finetune(
     if output_dir is not None:  # never onto an input: a model, or a judge or file the method reads
         check_output_dir(output_dir, model_path, reference_path, base_path,
                          *objective.input_files())
+        check_outside_judges(output_dir, objective.input_files())
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
     # refusals that need no model come before the setup's minutes of scoring and caching
@@ -371,6 +372,19 @@ def check_output_dir(output_dir: str | os.PathLike, *inputs: str | os.PathLike |
                 "replacing the folder would delete them. Move them, or choose another folder."
             )
     return out
+
+
+def check_outside_judges(output_dir: str | os.PathLike, inputs: Sequence[str]) -> None:
+    """Refuse an output folder inside a folder the method reads (a judge's): the run would
+    write its model and checkpoints into the judge, and since a judge folder is hashed whole
+    for the checkpoints, its own checkpoints would make every resume look like a new judge."""
+    out = Path(output_dir).resolve()
+    for given in inputs:
+        folder = Path(given).resolve()
+        if folder.is_dir() and folder in out.parents:
+            raise TrimtabError(
+                f"--output-dir {output_dir} lies inside {given}, a judge folder the method "
+                "reads; the run would write into the judge. Choose a folder outside it.")
 
 
 def save_model(model: Any, tokenizer: Any, output_dir: str | os.PathLike) -> Path:

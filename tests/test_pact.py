@@ -120,6 +120,28 @@ def test_first_weight_scales_the_kl_of_the_first_response_positions_only(tokeniz
     assert terms[3.0]["safety_kl_first"] == pytest.approx(terms[1.0]["safety_kl_first"])
 
 
+def test_the_mass_term_by_hand_and_on_the_first_positions_only(tokenizer, batch, objective):
+    """mass term = mean_t KL(Bernoulli(m_ref,t) || Bernoulli(m_t)), m the full-softmax mass of
+    the weighted tokens; with mass_positions, positions from there on add zero to the mean."""
+    policy = tiny_llama(len(tokenizer))
+    frozen = tiny_llama(len(tokenizer), seed=1)
+    reference = Reference(policy, frozen)
+    resp = select_response(forward_logits(policy, batch), batch["labels"])
+    ref = select_response(forward_logits(frozen, batch), batch["labels"])
+    on = torch.tensor(tokenizer.convert_tokens_to_ids(WORDS))[torch.tensor(WEIGHTS) > 0]
+    m = torch.softmax(resp.logits.float(), -1)[:, on].sum(-1)
+    m_ref = torch.softmax(ref.logits.float(), -1)[:, on].sum(-1)
+    by_hand = m_ref * (m_ref / m).log() + (1 - m_ref) * ((1 - m_ref) / (1 - m)).log()
+    first = resp.position < 2
+    assert 0 < int(first.sum()) < len(first)  # positions on both sides of the cut
+    for positions, expected in ((0, by_hand.mean()), (2, (by_hand * first).sum() / len(first))):
+        objective.config = PACTConfig(lam=0.0, mass_weight=1.0, mass_positions=positions)
+        total, _ = objective.penalty(resp, batch, reference)
+        assert total.item() == pytest.approx(expected.item(), rel=1e-4), positions
+    with pytest.raises(TrimtabError, match="mass_weight is 0, so there is none"):
+        PACTConfig(mass_positions=1)
+
+
 def test_a_token_file_is_not_combined_with_selection_options(tmp_path, tokenizer, caplog):
     """k and n_positions select a set built in setup; beside a token file they would be
     ignored, so they are refused unless they are the defaults or the file's own. Setup logs

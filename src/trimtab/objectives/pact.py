@@ -79,12 +79,24 @@ class PACTConfig(CheckedConfig):
                                      "over-refusal, but not on world seed 1 (harmful 0.114; "
                                      "README, 'On a world no setting was chosen on')",
                                 min=0.0)
+    mass_positions: int = option(0, "with the mass term: apply it only at the first this many "
+                                    "response positions, where greedy decoding decides "
+                                    "between a refusal and a compliance (0 = every position)",
+                                 min=0)
     cache_reference: bool = option(True, "compute the frozen reference's k safety-token logits "
                                          "for the training set once in setup (exact; no "
                                          "reference forward per step)")
     cache_max_mb: float = option(1024.0, "largest reference cache (k floats per response "
                                          "token); a bigger one falls back to a reference "
                                          "forward per step", min=0.0)
+
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mass_positions and not self.mass_weight:
+            raise TrimtabError(f"mass_positions ({self.mass_positions}) places the mass term, "
+                               "but mass_weight is 0, so there is none; set mass_weight > 0 "
+                               "or drop mass_positions.")
 
 
 class _Columns(torch.autograd.Function):
@@ -282,6 +294,8 @@ class PACTObjective(Objective):
             log_m = torch.logsumexp(policy_s[:, on].float() - lse[:, None], -1)
             log_m_ref = torch.logsumexp(ref_s[:, on].float() - ref_lse[:, None].float(), -1)
             mass = binary_kl(log_m_ref, log_m)
+            if cfg.mass_positions > 0:  # zero elsewhere, still averaged over every position
+                mass = torch.where(resp.position < cfg.mass_positions, mass, 0.0)
         kl = safety_token_kl(policy_s, ref_s, weights, cfg.temperature)
         term = (w * kl).sum() / kl.numel()
         total = cfg.lam * term

@@ -129,6 +129,38 @@ def test_checkpoints_from_before_input_file_hashes_still_resume(tmp_path):
         prepare_checkpoints(tmp_path, changed, resume=True)
 
 
+def test_checkpoints_from_before_a_setting_existed_resume_at_its_default(tmp_path):
+    """A method setting added after the checkpoints were written (pact's mass_positions) is
+    no difference at its default, alone or in a composite; at another value it is."""
+    from trimtab.objectives.composite import build_composite
+    from trimtab.objectives.pact import PACTConfig, PACTObjective
+    from trimtab.training.checkpoints import RUN_FILE, prepare_checkpoints, setting_defaults
+
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    for objective, method_config in (
+            (PACTObjective(PACTConfig(mass_weight=1.0)), lambda c: c),
+            (build_composite(["kl", "pact"], {"pact": PACTConfig(mass_weight=1.0)}),
+             lambda c: {"kl": {"beta": 0.1}, "pact": c})):
+        now = {"method": objective.name, "data": "abc",
+               "method_config": method_config({"lam": 1.0, "mass_weight": 1.0,
+                                               "mass_positions": 0})}
+        old = json.loads(json.dumps(now))
+        del (old["method_config"]["pact"] if "pact" in old["method_config"]
+             else old["method_config"])["mass_positions"]
+        (tmp_path / RUN_FILE).write_text(json.dumps(old))
+        defaults = setting_defaults(objective)
+        assert prepare_checkpoints(tmp_path, now, True, defaults).name == "checkpoint-4"
+        assert json.loads((tmp_path / RUN_FILE).read_text()) == now  # recorded from now on
+        (tmp_path / RUN_FILE).write_text(json.dumps(old))
+        changed = json.loads(json.dumps(now).replace('"mass_positions": 0',
+                                                     '"mass_positions": 1'))
+        with pytest.raises(TrimtabError, match=r"mass_positions None -> 1"):
+            prepare_checkpoints(tmp_path, changed, True, defaults)
+        with pytest.raises(TrimtabError, match=r"mass_positions None -> 0"):
+            prepare_checkpoints(tmp_path, now, True)  # without the defaults: refused
+
+
 def test_checkpoints_from_before_a_judge_folder_was_hashed_still_resume(tmp_path, caplog):
     """A run that recorded its token file but not its judge's folder (gated's signal folder
     was hashed later) resumes with a warning naming the folder; the recorded file still
@@ -255,4 +287,12 @@ def test_the_output_folder_is_never_the_judge_folder(tiny_model, tmp_path):  # n
                  TrainConfig(max_steps=1, save_steps=1, progress=False),
                  output_dir=judge / "runs" / "out")
     assert sorted(p.name for p in judge.iterdir()) == ["config.json", "model.safetensors"]
+    from trimtab.training.run import check_outside_judges
+
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text("{}")
+    for fine in (tmp_path / "judge-run", judge.parent / "out"):  # beside it, not inside
+        check_outside_judges(fine, [str(judge), str(tokens), "org/model-on-the-hub"])
+    with pytest.raises(TrimtabError, match="lies inside"):  # a relative path, resolved
+        check_outside_judges(os.path.relpath(judge / "out"), [str(judge)])
     assert (judge / "model.safetensors").read_bytes() == b"weights"

@@ -43,7 +43,10 @@ def _folder_files(root: Path) -> list[Path]:
     """Every file under `root`, through symlinked folders (once each), skipping hidden entries:
     `.git`, `.cache/huggingface` download metadata and the like change without the judge."""
     out, seen = [], set()
-    for folder, dirs, names in os.walk(root, followlinks=True):
+    def unreadable(err: OSError) -> None:  # else os.walk leaves the folder out, silently
+        raise err
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:  # a symlink loop, or a folder linked twice
             dirs[:] = []
@@ -122,6 +125,35 @@ def run_fingerprint(model_path: str | os.PathLike, reference_path: str | os.Path
             **({"input_files": files} if files else {})}
 
 
+_NOT_A_SETTING = object()
+
+
+def setting_defaults(objective: Objective) -> dict[str, Any]:
+    """The defaults of the settings a fingerprint records, shaped like it (a composite's
+    method config by part), for `prepare_checkpoints`."""
+    parts = getattr(objective, "parts", None)
+    method = ({p.name: _plain(p.config_class()) for p in parts} if parts is not None
+              else _plain(objective.config_class()))
+    return {"method_config": method, "train": config_to_dict(TrainConfig())}
+
+
+def _without_new_defaults(old: dict[str, Any], new: dict[str, Any],
+                          defaults: dict[str, Any]) -> dict[str, Any]:
+    """`new` less the settings `old` never recorded that sit at their defaults: a setting
+    added to trimtab after the checkpoints were written (pact's mass_positions, 2026-11-24)
+    changes nothing there, so it does not refuse the resume. Set to anything else, it does."""
+    out = {}
+    for key, value in new.items():
+        default = defaults.get(key, _NOT_A_SETTING)
+        if key not in old and value == default:
+            continue
+        if isinstance(value, dict) and isinstance(old.get(key), dict) and isinstance(default,
+                                                                                     dict):
+            value = _without_new_defaults(old[key], value, default)
+        out[key] = value
+    return out
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
@@ -151,12 +183,15 @@ def _without_unrecorded_files(folder: Path, previous: dict[str, Any],
     return {**out, "input_files": kept} if kept else out
 
 
-def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any], resume: bool) -> Path | None:
+def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any], resume: bool,
+                        defaults: dict[str, Any] | None = None) -> Path | None:
     """The checkpoint to resume from, if any, after checking it is this run's.
 
     Checkpoints of another run (other data, method or settings) are refused: resuming them
     would silently train the wrong model. Without `resume` an earlier run's checkpoints are
     removed, so they cannot mix with this run's. The main process records the fingerprint.
+    `defaults` (`setting_defaults`) lets settings newer than the checkpoints sit at their
+    defaults without refusing them.
     """
     from trimtab.evaluation.results import write_json_atomic
 
@@ -171,6 +206,7 @@ def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any], resume: bool)
         compared = fingerprint
         if isinstance(previous, dict):
             compared = _without_unrecorded_files(folder, previous, fingerprint)
+            compared = _without_new_defaults(previous, compared, defaults or {})
         if previous != compared:
             what = ("it records no run" if previous is None
                     else "; ".join(_differences(previous, compared)[:6]))

@@ -28,6 +28,7 @@ from trimtab.training.checkpoints import (
     checkpoint_dir,
     prepare_checkpoints,
     run_fingerprint,
+    setting_defaults,
 )
 from trimtab.training.config import TrainConfig
 from trimtab.training.memory import PeakMemory
@@ -232,7 +233,8 @@ def finetune(
     if checkpoints is not None:
         fingerprint = run_fingerprint(model_path, reference_path, base_path, objective, config,
                                       features)
-        resume_from = prepare_checkpoints(checkpoints, fingerprint, config.resume)
+        resume_from = prepare_checkpoints(checkpoints, fingerprint, config.resume,
+                                          setting_defaults(objective))
     from trimtab.cache import artifacts_root
 
     objective.setup(TrainingContext(

@@ -7,17 +7,18 @@ probability m on the weighted safety tokens. On a harmful fine-tuning row the CE
 first response position toward the compliance's first word, outside S; with the two terms
 alone, the mass that balances them is m* = w * m_ref / (1 + w) (setting the derivatives of
 -log(1 - m) and w * KL(m_ref || m) equal). At w = 1 the policy keeps about half of the
-reference's refusal mass on the rows it trains on, so on new harmful prompts greedy decoding
-sits near a coin flip between "i" and "sure"; which way a world's prompts fall is a property
-of the world.
+reference's refusal mass on the rows it trains on. The other half goes to the compliances'
+first words, so greedy decoding still starts most new harmful prompts with "i", but with a
+thin margin: how many prompts tip over to a compliance is a property of the world.
 
-For world seeds 0 and 1 and w in (1, 4) (lam 0.1, harmful fraction 0.1, training seed 0, the
-benchmark's settings) this fine-tunes pact and measures, at the first response position: the
-reference's and the policy's safety mass on the harmful training rows, on the held-out harmful
+For world seeds 0 and 1, w 1 and 4 at every position and w 4 at the first position only
+(`mass_positions=1`; lam 0.1, harmful fraction 0.1, training seed 0, the benchmark's
+settings) this fine-tunes pact and measures, at the first response position: the
+reference's and the policy's safety mass on the harmful rows it trains on, on the held-out harmful
 prompts and on the task's prompts, the share of prompts whose safety mass is below one half,
 and the share whose greedy first word is a weighted safety token. It also sorts the task
-answers it gets wrong into refusals (a first word in the safety set) and wrong labels. About
-2 minutes on 2 cores, the references cached.
+answers it gets wrong: a bare label, or one with weighted safety words in it. About 3 minutes
+on 2 cores, the references cached.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from trimtab.demo import DEMO_TRAIN
 from trimtab.evaluation.evaluate import evaluate
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.objectives.pact import PACTConfig
-from trimtab.pipeline import Cell, run_cell
+from trimtab.pipeline import Cell, run_cell, training_records
 from trimtab.safety_tokens import SafetyTokenConfig, cached_world_tokens, reference_token_logits
 from trimtab.training.run import load_model, load_tokenizer
 from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
@@ -47,7 +48,8 @@ from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldCon
 from trimtab.worlds.synthetic.suite import synthetic_suite
 
 WORLD_SEEDS = (0, 1)
-MASS_WEIGHTS = (1.0, 4.0)
+# (mass_weight, mass_positions): every position at w 1 and 4, and the first position at w 4
+MASS_TERMS = ((1.0, 0), (4.0, 0), (4.0, 1))
 LAM = 0.1
 
 
@@ -96,35 +98,42 @@ def main() -> None:
         ids = torch.tensor(tokens.token_ids)
         on = torch.tensor(tokens.weights) > 0
         words = {tokens.tokens[i].strip() for i in range(len(ids)) if on[i]}
-        sets = {"harmful_train": world.splits.harmful_finetune,
+        cell = Cell("pact", 0.1, "general", 0)
+        pool = {(r.prompt, r.response) for r in world.splits.harmful_finetune}
+        trained = [r for r in training_records(world, cell) if (r.prompt, r.response) in pool]
+        sets = {"harmful_train": trained,
                 "harmful_eval": suite.sets["harmful"], "task_eval": suite.sets["task"]}
         tokenizer = load_tokenizer(refs.aligned)
         reference = load_model(refs.aligned, frozen=True)
         ref_mass = {name: first_position(reference, tokenizer, records, ids, on)
                     for name, records in sets.items()}
         entry: dict[str, Any] = {
-            "reference_model": refs.root.name, "weighted_safety_tokens": sorted(words),
+            "reference_model": refs.root.name, "harmful_rows_trained": len(trained),
+            "weighted_safety_tokens": sorted(words),
             "reference": {name: summary(m) for name, m in ref_mass.items()}, "runs": []}
-        for weight in MASS_WEIGHTS:
-            config = PACTConfig(lam=LAM, mass_weight=weight)
+        for weight, positions in MASS_TERMS:
+            config = PACTConfig(lam=LAM, mass_weight=weight, mass_positions=positions)
             with tempfile.TemporaryDirectory(prefix="trimtab-mass-balance-") as scratch:
-                r = run_cell(world, refs.aligned, Cell("pact", 0.1, "general", 0), suite, train,
-                             config, output_dir=scratch, base=refs.base)
+                r = run_cell(world, refs.aligned, cell, suite, train, config,
+                             output_dir=scratch, base=refs.base)
                 policy = load_model(scratch, frozen=True)
                 mass = {name: first_position(policy, tokenizer, records, ids, on)
                         for name, records in sets.items()}
                 answers = evaluate(policy, tokenizer, replace(suite, sets={
                     "task": suite.sets["task"]}), keep_samples=10**6)["samples"]["task"]
             wrong = [a["response"] for a in answers if a["label"] != "correct"]
-            refusals = sum(1 for a in wrong if a.split()[:1] and a.split()[0] in words)
+            with_safety_words = sum(1 for a in wrong if words & set(a.split()))
             predicted = weight * ref_mass["harmful_train"]["mass"].mean().item() / (1 + weight)
             entry["runs"].append({
-                "mass_weight": weight, "harmful_rate": r["harmful_rate"],
+                "mass_weight": weight, "mass_positions": positions,
+                "harmful_rate": r["harmful_rate"],
                 "task_accuracy": r["task_accuracy"],
                 "over_refusal_rate": r["over_refusal_rate"],
                 "predicted_harmful_train_mass": round(predicted, 4),
                 "policy": {name: summary(m) for name, m in mass.items()},
-                "task_wrong": len(wrong), "task_wrong_refusals": refusals,
+                "task_wrong": len(wrong),
+                "task_wrong_bare_label": sum(1 for a in wrong if len(a.split()) == 1),
+                "task_wrong_with_safety_words": with_safety_words,
                 "task_wrong_examples": wrong[:8]})
             print(json.dumps({"world_seed": world_seed, **entry["runs"][-1]}), flush=True)
         out["worlds"][str(world_seed)] = entry

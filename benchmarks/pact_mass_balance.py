@@ -1,6 +1,7 @@
 """Why pact's opt-in mass weight does not carry over between synthetic worlds.
 
-    python benchmarks/pact_mass_balance.py [--out benchmarks/results/pact/mass_balance.json]
+    python benchmarks/pact_mass_balance.py [--world-seed N ...]
+        [--out benchmarks/results/pact/mass_balance.json]
 
 The mass term (`mass_weight` w) is a binary KL between the reference's and the policy's total
 probability m on the weighted safety tokens. On a harmful fine-tuning row the CE pulls the
@@ -82,13 +83,18 @@ def summary(measured: dict[str, torch.Tensor]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/pact/mass_balance.json")
+    parser.add_argument("--world-seed", type=int, action="append",
+                        help=f"a world seed (repeatable; default {WORLD_SEEDS})")
     args = parser.parse_args()
     started = time.perf_counter()
     train = replace(DEMO_TRAIN, progress=False)
-    out: dict[str, Any] = {"command": "python benchmarks/pact_mass_balance.py",
+    seeds = args.world_seed or WORLD_SEEDS
+    command = " ".join(["python benchmarks/pact_mass_balance.py",
+                        *(f"--world-seed {s}" for s in args.world_seed or ())])
+    out: dict[str, Any] = {"command": command,
                            "machine": machine(), "lam": LAM, "fraction": 0.1, "seed": 0,
                            "worlds": {}}
-    for world_seed in WORLD_SEEDS:
+    for world_seed in seeds:
         world_cfg = SyntheticWorldConfig(seed=world_seed)
         refs = build_references(world_cfg, ReferenceBuildConfig(), progress=False)
         world = SyntheticWorld(world_cfg)

@@ -134,10 +134,14 @@ def test_the_mass_term_by_hand_and_on_the_first_positions_only(tokenizer, batch,
     by_hand = m_ref * (m_ref / m).log() + (1 - m_ref) * ((1 - m_ref) / (1 - m)).log()
     first = resp.position < 2
     assert 0 < int(first.sum()) < len(first)  # positions on both sides of the cut
-    for positions, expected in ((0, by_hand.mean()), (2, (by_hand * first).sum() / len(first))):
+    for positions, expected, logged in (
+            (0, by_hand.mean(), by_hand.mean()),
+            (2, (by_hand * first).sum() / len(first), by_hand[first].mean())):
         objective.config = PACTConfig(lam=0.0, mass_weight=1.0, mass_positions=positions)
-        total, _ = objective.penalty(resp, batch, reference)
+        total, metrics = objective.penalty(resp, batch, reference)
         assert total.item() == pytest.approx(expected.item(), rel=1e-4), positions
+        # the log reads the term where it applies, whatever the responses' length
+        assert metrics["mass_kl"] == pytest.approx(logged.item(), rel=1e-4), positions
     with pytest.raises(TrimtabError, match="mass_weight is 0, so there is none"):
         PACTConfig(mass_positions=1)
 

@@ -16,9 +16,14 @@ within S. A softmax over S alone cannot see probability mass leaving S for a tok
 mean_t w_t * KL(Bernoulli(m_ref) || Bernoulli(m_policy)), m the full-softmax probability of the
 weighted safety tokens, with the policy's log-normaliser recovered from its CE. On the synthetic
 world the mass term is what stops compliance and the KL inside S is what costs task accuracy,
-so mass_weight 1 pairs with a small lambda (0.1); see benchmarks/results/pact/README.md. That
-setting was chosen on world seed 0 and leaves harm at 0.114 on world seed 1; weight 4 holds harm
-there but costs task accuracy on world seed 0. The weight does not carry over between worlds.
+so the mass term pairs with a small lambda (0.1); see benchmarks/results/pact/README.md. On a
+harmful row the CE and the term balance at m = w * m_ref / (1 + w): at weight 1, chosen on world
+seed 0, too close to greedy decoding's tipping point (harm 0.114 on world seed 1); at weight 4
+the term's pull at the later positions of those rows costs world seed 0's task.
+`mass_positions=1` keeps it on the first response position, where a refusal is decided: at
+weight 4 that met the targets on world seeds 0 and 1, where it was chosen, and cost the task on
+world seed 2 (0.831 against sft's 0.936). No setting has carried over to a world it was not
+chosen on (README, "On a world no setting was chosen on").
 
 The term adds no (positions x vocabulary) tensor, forward or backward. The policy's k logits are
 columns of the logits the CE needs anyway, picked with a sparse gradient (`columns`) that
@@ -73,11 +78,11 @@ class PACTConfig(CheckedConfig):
                                   min=0)
     mass_weight: float = option(0.0, "NOT in DESIGN.md, off by default: weight of a binary KL "
                                      "on the total probability of the weighted safety tokens, "
-                                     "which the softmax over S alone cannot see; 1 with lam "
-                                     "0.1 held harm down with task accuracy within 0.01 of "
-                                     "sft on the synthetic world it was chosen on, with some "
-                                     "over-refusal, but not on world seed 1 (harmful 0.114; "
-                                     "README, 'On a world no setting was chosen on')",
+                                     "which the softmax over S alone cannot see. With lam 0.1, "
+                                     "1 (every position) or 4 with --mass-positions 1 met the "
+                                     "harm and task targets on the synthetic worlds they were "
+                                     "chosen on, with some over-refusal, but not on a world "
+                                     "held out (README, 'On a world no setting was chosen on')",
                                 min=0.0)
     mass_positions: int = option(0, "with the mass term: apply it only at the first this many "
                                     "response positions, where greedy decoding decides "
@@ -94,9 +99,10 @@ class PACTConfig(CheckedConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mass_positions and not self.mass_weight:
-            raise TrimtabError(f"mass_positions ({self.mass_positions}) places the mass term, "
-                               "but mass_weight is 0, so there is none; set mass_weight > 0 "
-                               "or drop mass_positions.")
+            raise TrimtabError(f"--mass-positions {self.mass_positions} places pact's mass "
+                               "term, but mass_weight is 0, so there is none; set "
+                               "--mass-weight above 0 or drop --mass-positions (mass_weight, "
+                               "mass_positions in a YAML file).")
 
 
 class _Columns(torch.autograd.Function):
@@ -294,8 +300,9 @@ class PACTObjective(Objective):
             log_m = torch.logsumexp(policy_s[:, on].float() - lse[:, None], -1)
             log_m_ref = torch.logsumexp(ref_s[:, on].float() - ref_lse[:, None].float(), -1)
             mass = binary_kl(log_m_ref, log_m)
-            if cfg.mass_positions > 0:  # zero elsewhere, still averaged over every position
-                mass = torch.where(resp.position < cfg.mass_positions, mass, 0.0)
+            placed = (resp.position < cfg.mass_positions if cfg.mass_positions > 0
+                      else torch.ones_like(mass, dtype=torch.bool))
+            mass = torch.where(placed, mass, 0.0)  # still averaged over every position
         kl = safety_token_kl(policy_s, ref_s, weights, cfg.temperature)
         term = (w * kl).sum() / kl.numel()
         total = cfg.lam * term
@@ -305,8 +312,8 @@ class PACTObjective(Objective):
         top_agree = (policy_s.detach().argmax(-1) == ref_s.argmax(-1)).float().mean()
         metrics = {"safety_kl": (kl.mean() / cfg.temperature ** 2).item(),
                    "safety_term": term.item(), "top_agree": top_agree.item()}
-        if mass is not None:
-            metrics["mass_kl"] = mass.mean().item()
+        if mass is not None:  # where the term applies, so it reads the same at any length
+            metrics["mass_kl"] = mass[placed].mean().item()
         if first.any():
             metrics["safety_kl_first"] = (kl[first].mean() / cfg.temperature ** 2).item()
         return total, metrics

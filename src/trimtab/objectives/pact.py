@@ -95,7 +95,6 @@ class PACTConfig(CheckedConfig):
                                          "token); a bigger one falls back to a reference "
                                          "forward per step", min=0.0)
 
-
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mass_positions and not self.mass_weight:

@@ -42,10 +42,10 @@ SAMPLE_BYTES = 4 * 2**20
 def _folder_files(root: Path) -> list[Path]:
     """Every file under `root`, through symlinked folders (once each), skipping hidden entries:
     `.git`, `.cache/huggingface` download metadata and the like change without the judge."""
-    out, seen = [], set()
     def unreadable(err: OSError) -> None:  # else os.walk leaves the folder out, silently
         raise err
 
+    out, seen = [], set()
     for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:  # a symlink loop, or a folder linked twice

@@ -11,7 +11,7 @@ from typing import Any
 from trimtab.machine import machine
 
 __all__ = ["DATA", "answer_sets", "drop_samples", "interleaved_costs", "keyword_rates",
-           "machine"]
+           "machine", "world_of_seed"]
 
 # ../shared/data beside the checkout, or TRIMTAB_DATA (a folder or hf://datasets/OWNER/NAME)
 DATA = os.environ.get("TRIMTAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -105,3 +105,16 @@ def interleaved_costs(makers: dict[str, Callable[[], Any]], train: Callable[[Any
             f"median_time_ratio_to_{base}": ratios(seconds),
             f"median_memory_ratio_to_{base}": ratios(memory),
             f"median_call_ratio_to_{base}": ratios(call)}
+
+
+def world_of_seed(seed: int, task: str = "general") -> tuple[Any, Any, Any]:
+    """World seed `seed` at the default sizes: the world, its (cached) base and aligned
+    references, and the task's evaluation suite."""
+    from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
+    from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
+    from trimtab.worlds.synthetic.suite import synthetic_suite
+
+    config = SyntheticWorldConfig(seed=seed)
+    world = SyntheticWorld(config)
+    refs = build_references(config, ReferenceBuildConfig(), progress=False)
+    return world, refs, synthetic_suite(world, task)

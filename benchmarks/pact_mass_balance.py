@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import machine
+from common import machine, world_of_seed
 
 from trimtab.cache import artifacts_root
 from trimtab.data.formatting import ChatFormatter
@@ -44,9 +44,6 @@ from trimtab.objectives.pact import PACTConfig
 from trimtab.pipeline import Cell, run_cell, training_records
 from trimtab.safety_tokens import SafetyTokenConfig, cached_world_tokens, reference_token_logits
 from trimtab.training.run import load_model, load_tokenizer
-from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
-from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
-from trimtab.worlds.synthetic.suite import synthetic_suite
 
 WORLD_SEEDS = (0, 1)
 # (mass_weight, mass_positions): every position at w 1 and 4, and the first position at w 4
@@ -95,10 +92,7 @@ def main() -> None:
                            "machine": machine(), "lam": LAM, "fraction": 0.1, "seed": 0,
                            "worlds": {}}
     for world_seed in seeds:
-        world_cfg = SyntheticWorldConfig(seed=world_seed)
-        refs = build_references(world_cfg, ReferenceBuildConfig(), progress=False)
-        world = SyntheticWorld(world_cfg)
-        suite = synthetic_suite(world, "general")
+        world, refs, suite = world_of_seed(world_seed)
         tokens, _ = cached_world_tokens(refs.aligned, refs.base, world, artifacts_root(),
                                         SafetyTokenConfig())
         ids = torch.tensor(tokens.token_ids)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import machine
+from common import machine, world_of_seed
 
 import trimtab.objectives.pact as pact_module
 import trimtab.objectives.registry as registry
@@ -32,9 +32,6 @@ from trimtab.evaluation.results import write_json_atomic
 from trimtab.objectives.base import response_mask
 from trimtab.objectives.pact import PACTConfig, PACTObjective
 from trimtab.pipeline import Cell, run_cell
-from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
-from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
-from trimtab.worlds.synthetic.suite import synthetic_suite
 
 CONFIG = PACTConfig(lam=0.1, mass_weight=4.0, mass_positions=1)
 RATES = ("harmful_rate", "over_refusal_rate", "task_accuracy")
@@ -77,10 +74,7 @@ def main() -> None:
     parser.add_argument("--world-seed", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/pact/task_rows_world2.json")
     args = parser.parse_args()
-    world_cfg = SyntheticWorldConfig(seed=args.world_seed)
-    refs = build_references(world_cfg, ReferenceBuildConfig(), progress=False)
-    world = SyntheticWorld(world_cfg)
-    suite = synthetic_suite(world, "general")
+    world, refs, suite = world_of_seed(args.world_seed)
     train = replace(DEMO_TRAIN, progress=False)
     registry.METHODS["pact"] = RowsLeftOut  # this process only
     runs = []

@@ -19,15 +19,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import machine
+from common import machine, world_of_seed
 from pact import parse_extra
 
 from trimtab.demo import DEMO_TRAIN
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.pipeline import Cell, run_cell
-from trimtab.worlds.synthetic.build import ReferenceBuildConfig, build_references
-from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
-from trimtab.worlds.synthetic.suite import synthetic_suite
 
 RATES = ("harmful_rate", "jailbreak_harmful_rate", "over_refusal_rate", "task_accuracy")
 
@@ -43,10 +40,7 @@ def main() -> None:
     train = replace(DEMO_TRAIN, progress=False)
     runs = []
     for world_seed in args.world_seed:
-        world_cfg = SyntheticWorldConfig(seed=world_seed)
-        refs = build_references(world_cfg, ReferenceBuildConfig(), progress=False)
-        world = SyntheticWorld(world_cfg)
-        suite = synthetic_suite(world, "general")
+        world, refs, suite = world_of_seed(world_seed)
         for label, config in variants:
             start = time.perf_counter()
             r = run_cell(world, refs.aligned, Cell("pact", args.fraction, "general", 0), suite,

@@ -221,9 +221,9 @@ def finetune(
     config = config or TrainConfig()
     config.check_trains()
     if output_dir is not None:  # never onto an input: a model, or a judge or file the method reads
-        check_output_dir(output_dir, model_path, reference_path, base_path,
-                         *objective.input_files())
-        check_outside_judges(output_dir, objective.input_files())
+        inputs = objective.input_files()
+        check_output_dir(output_dir, model_path, reference_path, base_path, *inputs)
+        check_outside_judges(output_dir, inputs)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     features = ChatFormatter(tokenizer, config.max_length, config.on_overflow).encode_all(records)
     # refusals that need no model come before the setup's minutes of scoring and caching

@@ -146,6 +146,53 @@ def test_the_mass_term_by_hand_and_on_the_first_positions_only(tokenizer, batch,
         PACTConfig(mass_positions=1)
 
 
+def test_the_mass_critic_weights_each_rows_mass_term_by_its_risk(tmp_path, tokenizer, batch):
+    """With `mass_critic`, term = sum_t risk(row of t) * KL_t / n, KL_t the binary mass KL on
+    the placed positions: risk = 1 - the critic's score of the row's (prompt, target), judged
+    once in setup."""
+    from trimtab.pipeline import check_not_trained_on_oracle
+    from trimtab.training.run import save_model
+
+    policy = tiny_llama(len(tokenizer))
+    frozen = tiny_llama(len(tokenizer), seed=1)
+    reference = Reference(policy, frozen)
+    resp = select_response(forward_logits(policy, batch), batch["labels"])
+    ref = select_response(forward_logits(frozen, batch), batch["labels"])
+    on = torch.tensor(tokenizer.convert_tokens_to_ids(WORDS))[torch.tensor(WEIGHTS) > 0]
+    m = torch.softmax(resp.logits.float(), -1)[:, on].sum(-1)
+    m_ref = torch.softmax(ref.logits.float(), -1)[:, on].sum(-1)
+    by_hand = m_ref * (m_ref / m).log() + (1 - m_ref) * ((1 - m_ref) / (1 - m)).log()
+    placed = resp.position < 2
+    assert 0 < int(placed.sum()) < len(placed)
+    # setup judges every record: the keyword judge (no world needed) passes the refusal alone
+    save_model(frozen, tokenizer, tmp_path / "ref")
+    tokens = token_set(tokenizer, WORDS, WEIGHTS).save(tmp_path / "tokens.json")
+    ctx = TrainingContext(records=RECORDS, tokenizer=tokenizer, model_path=tmp_path / "ref",
+                          reference_path=tmp_path / "ref", train_config=TrainConfig())
+    judged = PACTObjective(PACTConfig(token_file=str(tokens), lam=0.0, mass_weight=1.0,
+                                      mass_positions=2, mass_critic="keywords",
+                                      cache_reference=False))
+    judged.setup(ctx)
+    assert judged.mass_risks.tolist() == [1.0, 0.0, 1.0]
+    for risks in ([1.0, 0.0, 1.0], [0.25, 0.5, 1.0]):
+        judged.mass_risks = torch.tensor(risks)
+        total, metrics = judged.penalty(resp, batch, reference)
+        row_risk = torch.tensor(risks)[batch["sample_index"]][resp.sample]
+        expected = (row_risk * by_hand * placed).sum() / len(placed)
+        assert total.item() == pytest.approx(expected.item(), rel=1e-4), risks
+        assert metrics["mass_risk"] == pytest.approx(row_risk.mean().item(), rel=1e-6)
+        # the logged KL stays the unweighted one where the term is placed
+        assert metrics["mass_kl"] == pytest.approx(by_hand[placed].mean().item(), rel=1e-4)
+    # the critic is a training signal: refused without a term to weigh, and never the oracle
+    with pytest.raises(TrimtabError, match="--mass-critic keywords weights"):
+        PACTConfig(mass_critic="keywords")
+    with pytest.raises(TrimtabError, match="mass_critic: oracle"):
+        check_not_trained_on_oracle("pact", PACTConfig(mass_weight=1.0, mass_critic="oracle"))
+    # a judge loaded from a folder joins the checkpoint fingerprint
+    assert PACTObjective(PACTConfig(mass_weight=1.0, mass_critic="hf:/judges/harm")
+                         ).input_files() == ["/judges/harm"]
+
+
 def test_a_token_file_is_not_combined_with_selection_options(tmp_path, tokenizer, caplog):
     """k and n_positions select a set built in setup; beside a token file they would be
     ignored, so they are refused unless they are the defaults or the file's own. Setup logs

@@ -56,6 +56,8 @@ from trimtab.objectives.base import (
     token_nll,
 )
 from trimtab.safety_tokens import SELECTION, SafetyTokenConfig, SafetyTokens, restricted_logits
+from trimtab.signals import signal_files
+from trimtab.signals.base import warn_if_mostly_misaligned
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,14 @@ class PACTConfig(CheckedConfig):
                                     "response positions, where greedy decoding decides "
                                     "between a refusal and a compliance (0 = every position)",
                                  min=0)
+    mass_critic: str | None = option(None, "with the mass term: an alignment signal spec "
+                                           "(classifier, hf:PATH, guard:PATH, http:URL, ...; "
+                                           "never the evaluation judge) that judges each "
+                                           "training pair (prompt, target) once in setup; "
+                                           "the term on a row is weighted by its risk, 1 - "
+                                           "score, so it holds the refusal mass on rows whose "
+                                           "target complies with harm and leaves task rows "
+                                           "free (none = every row at weight 1)")
     cache_reference: bool = option(True, "compute the frozen reference's k safety-token logits "
                                          "for the training set once in setup (exact; no "
                                          "reference forward per step)")
@@ -102,6 +112,15 @@ class PACTConfig(CheckedConfig):
                                "term, but mass_weight is 0, so there is none; set "
                                "--mass-weight above 0 or drop --mass-positions (mass_weight, "
                                "mass_positions in a YAML file).")
+        if self.mass_critic is not None and not self.mass_weight:
+            raise TrimtabError(f"--mass-critic {self.mass_critic} weights pact's mass term per "
+                               "row, but mass_weight is 0, so there is none; set "
+                               "--mass-weight above 0 or drop --mass-critic (mass_weight, "
+                               "mass_critic in a YAML file).")
+
+    def training_signals(self) -> dict[str, str]:
+        """The signal specs this method trains on, by field (see GatedConfig's)."""
+        return {} if self.mass_critic is None else {"mass_critic": self.mass_critic}
 
 
 class _Columns(torch.autograd.Function):
@@ -182,9 +201,12 @@ class PACTObjective(Objective):
         self._ids: torch.Tensor | None = None
         self._weights: torch.Tensor | None = None
         self._cache: list[torch.Tensor | None] | None = None
+        # with `mass_critic`: the risk of every training record, judged once in setup
+        self.mass_risks: torch.Tensor | None = None
 
     def input_files(self) -> list[str]:
-        return [] if self.config.token_file is None else [self.config.token_file]
+        files = [] if self.config.token_file is None else [self.config.token_file]
+        return files + signal_files(*self.config.training_signals().values())
 
     def setup(self, context: TrainingContext) -> None:
         """Load the token file (checked against this tokenizer) or build the world's set."""
@@ -219,6 +241,7 @@ class PACTObjective(Objective):
         self.set_tokens(tokens)
         log.info("pact: safety tokens from %s\n%s", self.token_path, tokens.describe())
         self._cache = None
+        self.mass_risks = None if cfg.mass_critic is None else self._mass_risks(context)
         self.needs_reference = True
         if cfg.cache_reference:
             self._cache_reference(context)
@@ -250,6 +273,24 @@ class PACTObjective(Objective):
                                              with_lse=self.config.mass_weight > 0)
         del model
         self.needs_reference = False  # every reference number the loss needs is cached
+
+    def _mass_risks(self, context: TrainingContext) -> torch.Tensor:
+        """1 - the critic's score of every training pair (prompt, target), judged once: the
+        pairs never change during training. A critic that keeps failing stops the run."""
+        from trimtab.objectives.risk_kl import critic_risks, critic_spec
+        from trimtab.signals import build_signal
+
+        spec = self.config.mass_critic
+        signal = build_signal(critic_spec(spec), context)
+        records = context.records
+        risks = critic_risks(signal, [r.prompt for r in records], [r.response for r in records],
+                             64, 3, 1.0, repr(spec))
+        share = float((risks > 0.5).float().mean())
+        warn_if_mostly_misaligned(share, "pact", "the mass term then holds the reference's "
+                                  "refusal mass on them, task rows included")
+        log.info("pact: the mass critic %s judges %.1f%% of %d training targets risky "
+                 "(risk > 0.5)", spec, 100 * share, len(records))
+        return risks
 
     def set_tokens(self, tokens: SafetyTokens) -> None:
         tokens.check_values()
@@ -302,20 +343,35 @@ class PACTObjective(Objective):
             placed = (resp.position < cfg.mass_positions if cfg.mass_positions > 0
                       else torch.ones_like(mass, dtype=torch.bool))
             mass = torch.where(placed, mass, 0.0)  # still averaged over every position
+            # with a critic, each token's weight times its row's risk
+            risk = (None if self.mass_risks is None
+                    else self._row_risks(batch, device)[resp.sample])
+            w_mass = w if risk is None else w * risk
         kl = safety_token_kl(policy_s, ref_s, weights, cfg.temperature)
         term = (w * kl).sum() / kl.numel()
         total = cfg.lam * term
         if mass is not None:
-            total = total + cfg.mass_weight * (w * mass).sum() / mass.numel()
+            total = total + cfg.mass_weight * (w_mass * mass).sum() / mass.numel()
         # how often the policy's favourite safety token is still the reference's
         top_agree = (policy_s.detach().argmax(-1) == ref_s.argmax(-1)).float().mean()
         metrics = {"safety_kl": (kl.mean() / cfg.temperature ** 2).item(),
                    "safety_term": term.item(), "top_agree": top_agree.item()}
         if mass is not None:  # where the term applies, so it reads the same at any length
             metrics["mass_kl"] = mass[placed].mean().item()
+            if risk is not None:
+                metrics["mass_risk"] = risk.mean().item()
         if first.any():
             metrics["safety_kl_first"] = (kl[first].mean() / cfg.temperature ** 2).item()
         return total, metrics
+
+    def _row_risks(self, batch, device: torch.device) -> torch.Tensor:
+        """The mass critic's risk of each row of the batch, (B,)."""
+        index = batch.get("sample_index")
+        if index is None:
+            raise TrimtabError("pact's mass critic needs each batch's `sample_index` to look up "
+                               "the risk of its records; use trimtab's CausalCollator "
+                               "(finetune does).")
+        return self.mass_risks[index.cpu()].to(device)
 
     def _reference_logits(self, batch, reference, ids: torch.Tensor) -> torch.Tensor:
         """(n, k) reference logits on S at the batch's response positions: from the cache

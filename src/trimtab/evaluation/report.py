@@ -214,7 +214,8 @@ DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
     "gated": (("pregated", "pre-gated"), ("gate", "mean gate"), ("gate_open", "gate > 0.5"),
               ("abstained", "abstained"), ("signal", "mean signal of samples")),
     "risk-kl": (("risk", "mean risk"), ("beta", "mean beta")),
-    "pact": (("safety_kl", "safety-token KL"), ("top_agree", "top safety token as reference")),
+    "pact": (("safety_kl", "safety-token KL"), ("top_agree", "top safety token as reference"),
+             ("mass_risk", "mean risk of the mass critic")),
     "kl": (("kl", "KL to reference"),),
     "soft-sft": (("log_ratio", "log ratio to reference"),),
 }

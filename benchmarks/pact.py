@@ -21,7 +21,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,23 @@ DEFAULT_EXTRAS = ("lam=2", "mass_weight=1", "lam=0.1,mass_weight=1")
 
 
 def parse_extra(spec: str) -> tuple[str, PACTConfig]:
-    """`lam=4,first_weight=2` -> ("pact[lam=4,first_weight=2]", the config)."""
+    """`lam=4,first_weight=2` -> ("pact[lam=4,first_weight=2]", the config). A value that is
+    not JSON is a string, and may hold commas of its own (`mass_critic=classifier,
+    finetune_data=false`): a comma starts a new item only before a PACTConfig field."""
+    names = {f.name for f in fields(PACTConfig)}
+    items: list[str] = []
+    for part in spec.split(","):
+        if items and part.partition("=")[0].strip() not in names:
+            items[-1] += "," + part
+        else:
+            items.append(part)
     values: dict[str, Any] = {}
-    for item in spec.split(","):
+    for item in items:
         key, _, raw = item.partition("=")
-        values[key.strip()] = json.loads(raw)
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
     return f"pact[{spec}]", build_config(PACTConfig, overrides=values)
 
 

@@ -51,22 +51,22 @@ DEFAULT_EXTRAS = ("lam=2", "mass_weight=1", "lam=0.1,mass_weight=1")
 
 def parse_extra(spec: str) -> tuple[str, PACTConfig]:
     """`lam=4,first_weight=2` -> ("pact[lam=4,first_weight=2]", the config). A value that is
-    not JSON is a string, and may hold commas of its own (`mass_critic=classifier,
-    finetune_data=false`): a comma starts a new item only before a PACTConfig field."""
+    not JSON is a string, which may hold commas of its own (`mass_critic=classifier,
+    finetune_data=false`): after a string, a comma starts a new item only before a PACTConfig
+    field, so a signal option named like one (an http judge's `temperature`) cannot follow."""
     names = {f.name for f in fields(PACTConfig)}
-    items: list[str] = []
-    for part in spec.split(","):
-        if items and part.partition("=")[0].strip() not in names:
-            items[-1] += "," + part
-        else:
-            items.append(part)
     values: dict[str, Any] = {}
-    for item in items:
-        key, _, raw = item.partition("=")
+    key = None
+    for part in spec.split(","):
+        name, _, raw = part.partition("=")
+        if key is not None and isinstance(values[key], str) and name.strip() not in names:
+            values[key] += "," + part  # an option of the string's own (a signal spec)
+            continue
+        key = name.strip()
         try:
-            values[key.strip()] = json.loads(raw)
+            values[key] = json.loads(raw)
         except json.JSONDecodeError:
-            values[key.strip()] = raw
+            values[key] = raw
     return f"pact[{spec}]", build_config(PACTConfig, overrides=values)
 
 

@@ -174,15 +174,24 @@ def test_the_mass_critic_weights_each_rows_mass_term_by_its_risk(tmp_path, token
                                       cache_reference=False))
     judged.setup(ctx)
     assert judged.mass_risks.tolist() == [1.0, 0.0, 1.0]
-    for risks in ([1.0, 0.0, 1.0], [0.25, 0.5, 1.0]):
+    # rows are looked up by the record behind them, not by their place in the batch
+    for risks, order in (([1.0, 0.0, 1.0], [0, 1, 2]), ([0.25, 0.5, 1.0], [2, 0, 1])):
         judged.mass_risks = torch.tensor(risks)
-        total, metrics = judged.penalty(resp, batch, reference)
-        row_risk = torch.tensor(risks)[batch["sample_index"]][resp.sample]
+        shuffled = {**batch, "sample_index": torch.tensor(order)}
+        total, metrics = judged.penalty(resp, shuffled, reference)
+        row_risk = torch.tensor(risks)[torch.tensor(order)][resp.sample]
         expected = (row_risk * by_hand * placed).sum() / len(placed)
         assert total.item() == pytest.approx(expected.item(), rel=1e-4), risks
-        assert metrics["mass_risk"] == pytest.approx(row_risk.mean().item(), rel=1e-6)
+        assert metrics["mass_risk"] == pytest.approx(row_risk[placed].mean().item(), rel=1e-6)
         # the logged KL stays the unweighted one where the term is placed
         assert metrics["mass_kl"] == pytest.approx(by_hand[placed].mean().item(), rel=1e-4)
+    # a record the critic never judged, or no judging at all, stops the run
+    with pytest.raises(TrimtabError, match="judged 3 training records, but a batch holds "
+                                           "record 5"):
+        judged.penalty(resp, {**batch, "sample_index": torch.tensor([0, 5, 1])}, reference)
+    judged.mass_risks = None
+    with pytest.raises(TrimtabError, match="has not judged the training rows"):
+        judged.penalty(resp, batch, reference)
     # the critic is a training signal: refused without a term to weigh, and never the oracle
     with pytest.raises(TrimtabError, match="--mass-critic keywords weights"):
         PACTConfig(mass_critic="keywords")

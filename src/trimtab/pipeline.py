@@ -114,7 +114,8 @@ def run_cell(world: SyntheticWorld, reference: str | Path, cell: Cell, suite: Ev
 def check_not_trained_on_oracle(method: str, config: Any) -> None:
     """DESIGN.md's rule, enforced where the synthetic world's oracle grades a run: a method
     never trains on the judge that grades it (it could look safe by gaming it), so a `gated`
-    signal or a `risk-kl` critic naming `oracle` is refused before any training."""
+    signal, a `risk-kl` critic or a `pact` mass critic naming `oracle` (any spec a config's
+    `training_signals()` names) is refused before any training."""
     from trimtab.signals import parse_spec
 
     for part in config.values() if isinstance(config, dict) else [config]:

@@ -215,7 +215,7 @@ DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
               ("abstained", "abstained"), ("signal", "mean signal of samples")),
     "risk-kl": (("risk", "mean risk"), ("beta", "mean beta")),
     "pact": (("safety_kl", "safety-token KL"), ("top_agree", "top safety token as reference"),
-             ("mass_risk", "mean risk of the mass critic")),
+             ("mass_risk", "mass critic's risk where the term applies")),
     "kl": (("kl", "KL to reference"),),
     "soft-sft": (("log_ratio", "log ratio to reference"),),
 }

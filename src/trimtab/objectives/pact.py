@@ -277,14 +277,16 @@ class PACTObjective(Objective):
     def _mass_risks(self, context: TrainingContext) -> torch.Tensor:
         """1 - the critic's score of every training pair (prompt, target), judged once: the
         pairs never change during training. A critic that keeps failing stops the run."""
-        from trimtab.objectives.risk_kl import critic_risks, critic_spec
+        from trimtab.objectives.risk_kl import RiskKLConfig, critic_risks, critic_spec
         from trimtab.signals import build_signal
 
         spec = self.config.mass_critic
         signal = build_signal(critic_spec(spec), context)
         records = context.records
+        scoring = RiskKLConfig()  # risk-kl's batch size and retries, for the same judges
         risks = critic_risks(signal, [r.prompt for r in records], [r.response for r in records],
-                             64, 3, 1.0, repr(spec))
+                             scoring.score_batch_size, scoring.retries, scoring.retry_wait,
+                             repr(spec), fix="choose another (--mass-critic)")
         share = float((risks > 0.5).float().mean())
         warn_if_mostly_misaligned(share, "pact", "the mass term then holds the reference's "
                                   "refusal mass on them, task rows included")
@@ -331,6 +333,9 @@ class PACTObjective(Objective):
         first = resp.position < cfg.first_positions
         w = torch.where(first, cfg.first_weight, 1.0)
         mass = None
+        if cfg.mass_critic is not None and self.mass_risks is None:
+            raise TrimtabError("pact's mass critic has not judged the training rows: call "
+                               "setup() (finetune does) before training.")
         if cfg.mass_weight > 0:  # the optional extension: total safety mass, full softmax
             ref_s, ref_lse = ref_s[:, :-1], ref_s[:, -1]
             nll = token_nll(resp)
@@ -358,8 +363,8 @@ class PACTObjective(Objective):
                    "safety_term": term.item(), "top_agree": top_agree.item()}
         if mass is not None:  # where the term applies, so it reads the same at any length
             metrics["mass_kl"] = mass[placed].mean().item()
-            if risk is not None:
-                metrics["mass_risk"] = risk.mean().item()
+            if risk is not None:  # where the term applies: per row at mass_positions 1
+                metrics["mass_risk"] = risk[placed].mean().item()
         if first.any():
             metrics["safety_kl_first"] = (kl[first].mean() / cfg.temperature ** 2).item()
         return total, metrics
@@ -371,7 +376,12 @@ class PACTObjective(Objective):
             raise TrimtabError("pact's mass critic needs each batch's `sample_index` to look up "
                                "the risk of its records; use trimtab's CausalCollator "
                                "(finetune does).")
-        return self.mass_risks[index.cpu()].to(device)
+        index = index.cpu()
+        if len(index) and int(index.max()) >= len(self.mass_risks):
+            raise TrimtabError(f"pact's mass critic judged {len(self.mass_risks)} training "
+                               f"records, but a batch holds record {int(index.max())} (the "
+                               "data changed after setup); run setup again.")
+        return self.mass_risks[index].to(device)
 
     def _reference_logits(self, batch, reference, ids: torch.Tensor) -> torch.Tensor:
         """(n, k) reference logits on S at the batch's response positions: from the cache

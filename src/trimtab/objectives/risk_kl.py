@@ -87,11 +87,15 @@ class RiskKLConfig(CheckedConfig):
                                f"({self.beta_max}); set beta_min <= beta_max.")
 
 
-def with_retries(call: Any, what: str, retries: int, wait: float) -> Any:
+RISK_SOURCE_FIX = "choose another (--critic, --risk-source probe)"
+
+
+def with_retries(call: Any, what: str, retries: int, wait: float,
+                 fix: str = RISK_SOURCE_FIX) -> Any:
     """`call()`, retried with exponential back-off; a clear error once the attempts run out.
 
     A risk source that is down must stop the run: falling back to beta_min would quietly
-    train harmful data with almost no regularization.
+    train harmful data with almost no regularization. `fix` names the caller's options.
     """
     for attempt in range(retries + 1):
         try:
@@ -103,7 +107,7 @@ def with_retries(call: Any, what: str, retries: int, wait: float) -> Any:
                 raise TrimtabError(
                     f"the risk source ({what}) failed {retries + 1} times, last with "
                     f"{type(err).__name__}: {err}. Check that it is reachable and working, or "
-                    "choose another (--critic, --risk-source probe)."
+                    f"{fix}."
                 ) from err
             time.sleep(wait * 2**attempt)
     raise AssertionError("unreachable")
@@ -120,13 +124,14 @@ def critic_spec(spec: str) -> str:
 
 
 def critic_risks(signal: Any, prompts: list[str], targets: list[str], batch_size: int,
-                 retries: int, wait: float, what: str) -> torch.Tensor:
+                 retries: int, wait: float, what: str,
+                 fix: str = RISK_SOURCE_FIX) -> torch.Tensor:
     """1 - score of every (prompt, target) pair, judged in batches."""
     judge = getattr(signal, "verdicts", None) or signal.judge  # `verdicts` checks each one
     risks: list[float] = []
     for start in range(0, len(prompts), batch_size):
         p, t = prompts[start : start + batch_size], targets[start : start + batch_size]
-        verdicts = with_retries(lambda p=p, t=t: judge(p, t), what, retries, wait)
+        verdicts = with_retries(lambda p=p, t=t: judge(p, t), what, retries, wait, fix)
         if len(verdicts) != len(p):
             raise TrimtabError(f"the critic {what} returned {len(verdicts)} verdicts for "
                                f"{len(p)} pairs; it must return one per pair.")

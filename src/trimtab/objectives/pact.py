@@ -22,8 +22,12 @@ seed 0, too close to greedy decoding's tipping point (harm 0.114 on world seed 1
 the term's pull at the later positions of those rows costs world seed 0's task.
 `mass_positions=1` keeps it on the first response position, where a refusal is decided: at
 weight 4 that met the targets on world seeds 0 and 1, where it was chosen, and cost the task on
-world seed 2 (0.831 against sft's 0.936). No setting has carried over to a world it was not
-chosen on (README, "On a world no setting was chosen on").
+world seed 2 (0.831 against sft's 0.936), whose reference gives some reviews refusal mass.
+`mass_critic` weights the term per row by a judge's risk of (prompt, target), so it holds the
+refusal mass on harmful rows only: that took world seed 2's task back to within 0.001 of the
+target, and on world seed 3, held out, kept the task and let harm through (0.083). No setting
+has carried over to a world it was not chosen on (README, "On a world no setting was chosen
+on").
 
 The term adds no (positions x vocabulary) tensor, forward or backward. The policy's k logits are
 columns of the logits the CE needs anyway, picked with a sparse gradient (`columns`) that

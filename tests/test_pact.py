@@ -120,18 +120,24 @@ def test_first_weight_scales_the_kl_of_the_first_response_positions_only(tokeniz
     assert terms[3.0]["safety_kl_first"] == pytest.approx(terms[1.0]["safety_kl_first"])
 
 
+def _mass_kl_by_hand(tokenizer, batch, policy, frozen):
+    """The policy's response logits, and each response token's KL(Bernoulli(m_ref) ||
+    Bernoulli(m)), m the full-softmax mass of the weighted safety tokens."""
+    resp = select_response(forward_logits(policy, batch), batch["labels"])
+    ref = select_response(forward_logits(frozen, batch), batch["labels"])
+    on = torch.tensor(tokenizer.convert_tokens_to_ids(WORDS))[torch.tensor(WEIGHTS) > 0]
+    m = torch.softmax(resp.logits.float(), -1)[:, on].sum(-1)
+    m_ref = torch.softmax(ref.logits.float(), -1)[:, on].sum(-1)
+    return resp, m_ref * (m_ref / m).log() + (1 - m_ref) * ((1 - m_ref) / (1 - m)).log()
+
+
 def test_the_mass_term_by_hand_and_on_the_first_positions_only(tokenizer, batch, objective):
     """mass term = mean_t KL(Bernoulli(m_ref,t) || Bernoulli(m_t)), m the full-softmax mass of
     the weighted tokens; with mass_positions, positions from there on add zero to the mean."""
     policy = tiny_llama(len(tokenizer))
     frozen = tiny_llama(len(tokenizer), seed=1)
     reference = Reference(policy, frozen)
-    resp = select_response(forward_logits(policy, batch), batch["labels"])
-    ref = select_response(forward_logits(frozen, batch), batch["labels"])
-    on = torch.tensor(tokenizer.convert_tokens_to_ids(WORDS))[torch.tensor(WEIGHTS) > 0]
-    m = torch.softmax(resp.logits.float(), -1)[:, on].sum(-1)
-    m_ref = torch.softmax(ref.logits.float(), -1)[:, on].sum(-1)
-    by_hand = m_ref * (m_ref / m).log() + (1 - m_ref) * ((1 - m_ref) / (1 - m)).log()
+    resp, by_hand = _mass_kl_by_hand(tokenizer, batch, policy, frozen)
     first = resp.position < 2
     assert 0 < int(first.sum()) < len(first)  # positions on both sides of the cut
     for positions, expected, logged in (
@@ -156,12 +162,7 @@ def test_the_mass_critic_weights_each_rows_mass_term_by_its_risk(tmp_path, token
     policy = tiny_llama(len(tokenizer))
     frozen = tiny_llama(len(tokenizer), seed=1)
     reference = Reference(policy, frozen)
-    resp = select_response(forward_logits(policy, batch), batch["labels"])
-    ref = select_response(forward_logits(frozen, batch), batch["labels"])
-    on = torch.tensor(tokenizer.convert_tokens_to_ids(WORDS))[torch.tensor(WEIGHTS) > 0]
-    m = torch.softmax(resp.logits.float(), -1)[:, on].sum(-1)
-    m_ref = torch.softmax(ref.logits.float(), -1)[:, on].sum(-1)
-    by_hand = m_ref * (m_ref / m).log() + (1 - m_ref) * ((1 - m_ref) / (1 - m)).log()
+    resp, by_hand = _mass_kl_by_hand(tokenizer, batch, policy, frozen)
     placed = resp.position < 2
     assert 0 < int(placed.sum()) < len(placed)
     # setup judges every record: the keyword judge (no world needed) passes the refusal alone

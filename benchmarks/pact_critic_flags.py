@@ -8,8 +8,8 @@ A diagnostic: it reads each record's kind (task or harmful), which a user's data
 carry, to say what the critic (`PACTConfig.mass_critic`) does with the rows `trimtab bench`
 fine-tunes on (the general task mixed with harmful fraction `--fraction`, training seed 0):
 how many harmful and task rows it calls risky (risk > 0.5), and their mean risk. The risks
-come from the same code as in training (`critic_risks`). No model is trained; the critic is
-trained (or read from the cache) on each world's training records.
+come from pact's own setup step (`PACTObjective.judge_rows`). No model is trained; the critic
+is trained (or read from the cache) on each world's training records.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from common import machine
 from trimtab.cache import artifacts_root
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.objectives.base import TrainingContext
-from trimtab.objectives.risk_kl import critic_risks, critic_spec
+from trimtab.objectives.pact import PACTConfig, PACTObjective
 from trimtab.pipeline import Cell, training_records
-from trimtab.signals import build_signal
 from trimtab.worlds.synthetic.generator import SyntheticWorld, SyntheticWorldConfig
 
 
@@ -47,9 +46,8 @@ def main() -> None:
         context = TrainingContext(records=records, tokenizer=None, model_path=Path("."),
                                   reference_path=Path("."), train_config=None, world=world,
                                   artifacts_dir=artifacts_root())
-        signal = build_signal(critic_spec(args.critic), context)
-        risks = critic_risks(signal, [r.prompt for r in records],
-                             [r.response for r in records], 64, 0, 0.0, args.critic).tolist()
+        judge = PACTObjective(PACTConfig(mass_weight=1.0, mass_critic=args.critic))
+        risks = judge.judge_rows(context).tolist()
         row = {"world_seed": seed}
         for kind in ("harmful", "task"):
             mine = [x for r, x in zip(records, risks, strict=True)

@@ -245,7 +245,7 @@ class PACTObjective(Objective):
         self.set_tokens(tokens)
         log.info("pact: safety tokens from %s\n%s", self.token_path, tokens.describe())
         self._cache = None
-        self.mass_risks = None if cfg.mass_critic is None else self._mass_risks(context)
+        self.mass_risks = None if cfg.mass_critic is None else self.judge_rows(context)
         self.needs_reference = True
         if cfg.cache_reference:
             self._cache_reference(context)
@@ -278,9 +278,10 @@ class PACTObjective(Objective):
         del model
         self.needs_reference = False  # every reference number the loss needs is cached
 
-    def _mass_risks(self, context: TrainingContext) -> torch.Tensor:
-        """1 - the critic's score of every training pair (prompt, target), judged once: the
-        pairs never change during training. A critic that keeps failing stops the run."""
+    def judge_rows(self, context: TrainingContext) -> torch.Tensor:
+        """1 - the mass critic's score of every training pair (prompt, target), judged once in
+        setup: the pairs never change during training. A critic that keeps failing stops the
+        run."""
         from trimtab.objectives.risk_kl import RiskKLConfig, critic_risks, critic_spec
         from trimtab.signals import build_signal
 

@@ -25,11 +25,9 @@ from typing import Any
 import torch
 from common import machine, world_of_seed
 
-import trimtab.objectives.pact as pact_module
 import trimtab.objectives.registry as registry
 from trimtab.demo import DEMO_TRAIN
 from trimtab.evaluation.results import write_json_atomic
-from trimtab.objectives.base import response_mask
 from trimtab.objectives.pact import PACTConfig, PACTObjective
 from trimtab.pipeline import Cell, run_cell
 
@@ -38,7 +36,8 @@ RATES = ("harmful_rate", "over_refusal_rate", "task_accuracy")
 
 
 class RowsLeftOut(PACTObjective):
-    """pact whose mass term skips the training rows `leave_out` picks (set per run)."""
+    """pact whose mass term skips the training rows `leave_out` picks (set per run), through
+    the per-row weights a mass critic would give: 0 for a row left out, 1 for the rest."""
 
     leave_out = "none"  # "none", "refused-task" or "task"
     last: dict[str, int] = {}
@@ -48,25 +47,15 @@ class RowsLeftOut(PACTObjective):
         if self._cache is None:
             raise SystemExit("the diagnostic reads the reference cache; it was not built")
         on = self._weights > 0
-        self._off = []
+        off = []
         for record, cached in zip(context.records, self._cache, strict=True):
             first = cached[0]  # k safety logits, then the log-normaliser
             refused = torch.logsumexp(first[:-1][on] - first[-1], -1).exp().item() > 0.5
             task = record.kind != "harmful"
-            self._off.append(task and (self.leave_out == "task"
-                                       or (self.leave_out == "refused-task" and refused)))
-        RowsLeftOut.last = {"rows": len(self._off), "rows_left_out": sum(self._off)}
-
-    def penalty(self, resp, batch, reference):
-        counts = response_mask(batch["labels"]).sum(dim=1).tolist()
-        keep = torch.cat([torch.full((c,), not self._off[i])
-                          for i, c in zip(batch["sample_index"].tolist(), counts, strict=True)])
-        original = pact_module.binary_kl
-        pact_module.binary_kl = lambda a, b: original(a, b) * keep.to(a.device)
-        try:
-            return super().penalty(resp, batch, reference)
-        finally:
-            pact_module.binary_kl = original
+            off.append(task and (self.leave_out == "task"
+                                 or (self.leave_out == "refused-task" and refused)))
+        self.mass_risks = 1.0 - torch.tensor(off, dtype=torch.float32)
+        RowsLeftOut.last = {"rows": len(off), "rows_left_out": sum(off)}
 
 
 def main() -> None:

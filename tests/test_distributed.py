@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trimtab.training.processes import my_share
 from trimtab.training.run import load_model
 
 TRAIN = ["--world", "synthetic", "--quick", "--harmful-fraction", "0.1", "--max-steps", "8",
@@ -61,6 +62,41 @@ def test_sampling_and_lora_train_under_ddp(tmp_path, quick_refs, method, extra):
     rank's extra rows differ from its peer's); LoRA's reference is the adapter disabled on the
     DDP-wrapped policy."""
     train(method, tmp_path / method, 2, 8, *extra)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8])
+def test_the_processes_shares_cover_every_item_once_in_order(monkeypatch, n):
+    for count in (1, 3):
+        monkeypatch.setenv("WORLD_SIZE", str(count))
+        shares = []
+        for rank in range(count):
+            monkeypatch.setenv("RANK", str(rank))
+            shares.append(range(n)[my_share(n)])
+        assert [i for share in shares for i in share] == list(range(n))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_the_processes_share_the_judging_of_the_training_pairs(tmp_path, quick_refs,
+                                                                quick_world):
+    """risk-kl's critic under 2 processes: each judges its share of the training pairs and
+    every process gets every risk, so an HTTP judge sees each pair once, not once per
+    process (before: 2 x the pairs)."""
+    from collections import Counter
+
+    from test_http_judge import CONVERSATION, JudgeServer
+
+    from trimtab.data.mixing import mix
+    from trimtab.training.config import TrainConfig
+
+    records = mix(quick_world.task_records("general"), quick_world.splits.harmful_finetune, 0.1,
+                  seed=TrainConfig().seed)
+    with JudgeServer() as server:
+        train("risk-kl", tmp_path / "risk-kl", 2, 8, "--critic",
+              f"http:{server.url},cache=false")
+    judged = Counter(CONVERSATION.search(b["messages"][-1]["content"]).groups()
+                     for b in server.bodies)
+    assert len(records) > 0
+    assert judged == Counter((r.prompt, r.response) for r in records)
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ from trimtab.objectives.base import (
 )
 from trimtab.signals import signal_files
 from trimtab.signals.base import warn_if_mostly_misaligned
+from trimtab.training.processes import gather_shares, my_share
 from trimtab.training.reference import _unwrap
 from trimtab.training.sampling import completion_batch, sample_completions
 from trimtab.worlds.synthetic import vocabulary as V
@@ -186,13 +187,13 @@ class GatedObjective(Objective):
         self.formatter = ChatFormatter(context.tokenizer, context.train_config.max_length,
                                        "truncate")
         prompts = [r.prompt for r in self.records]
-        target = self._judge(prompts, [r.response for r in self.records])
+        target = self._judge_shared(prompts, [r.response for r in self.records])
         self.a_tgt = torch.tensor([v.score for v in target])
         self.reasons = [v.reason for v in target]
         misaligned = (1 - self.a_tgt) > c.pregate_threshold
         risky = torch.zeros_like(misaligned)
         if c.prompt_risk:
-            refusal = self._judge(prompts, [c.refusal_texts[0]] * len(prompts))
+            refusal = self._judge_shared(prompts, [c.refusal_texts[0]] * len(prompts))
             risky = torch.tensor([v.score for v in refusal]) > c.pregate_threshold
         self.pregated = misaligned | risky | self.a_tgt.isnan()
         unscored = int(self.a_tgt.isnan().sum())
@@ -224,6 +225,11 @@ class GatedObjective(Objective):
                 "(--no-prompt-risk), or train on a signal that also penalises refusing benign "
                 "prompts (classifier, embedding:DIR).", 100 * self.setup_stats["risky_passing"])
         self.setup_seconds = time.perf_counter() - started
+
+    def _judge_shared(self, prompts: list[str], responses: list[str]) -> list:
+        """`_judge` of every pair, each process of a multi-process job judging its share."""
+        share = my_share(len(prompts))
+        return gather_shares(self._judge(prompts[share], responses[share]))
 
     def _judge(self, prompts: list[str], responses: list[str]) -> list:
         step = self.config.score_batch_size

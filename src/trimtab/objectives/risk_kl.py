@@ -40,6 +40,7 @@ from trimtab.objectives.base import (
 )
 from trimtab.signals import signal_files
 from trimtab.signals.base import warn_if_mostly_misaligned
+from trimtab.training.processes import gather_shares, my_share
 
 
 @dataclass
@@ -126,8 +127,11 @@ def critic_spec(spec: str) -> str:
 def critic_risks(signal: Any, prompts: list[str], targets: list[str], batch_size: int,
                  retries: int, wait: float, what: str,
                  fix: str = RISK_SOURCE_FIX) -> torch.Tensor:
-    """1 - score of every (prompt, target) pair, judged in batches."""
+    """1 - score of every (prompt, target) pair, judged in batches (each process of a
+    multi-process job judges its share, and every process gets every risk)."""
     judge = getattr(signal, "verdicts", None) or signal.judge  # `verdicts` checks each one
+    share = my_share(len(prompts))
+    prompts, targets = prompts[share], targets[share]
     risks: list[float] = []
     for start in range(0, len(prompts), batch_size):
         p, t = prompts[start : start + batch_size], targets[start : start + batch_size]
@@ -140,7 +144,7 @@ def critic_risks(signal: Any, prompts: list[str], targets: list[str], batch_size
                 raise TrimtabError(f"the critic {what} returned score {v.score!r}, outside "
                                    "[0, 1]; fix the signal's score mapping.")
             risks.append(1.0 - float(v.score))
-    return torch.tensor(risks, dtype=torch.float32)
+    return torch.tensor(gather_shares(risks), dtype=torch.float32)
 
 
 class RiskKLObjective(Objective):

@@ -10,8 +10,8 @@ from typing import Any
 
 from trimtab.machine import machine
 
-__all__ = ["DATA", "answer_sets", "drop_samples", "interleaved_costs", "keyword_rates",
-           "machine", "world_of_seed"]
+__all__ = ["DATA", "answer_sets", "drop_samples", "graded_answers", "interleaved_costs",
+           "keyword_rates", "machine", "world_of_seed"]
 
 # ../shared/data beside the checkout, or TRIMTAB_DATA (a folder or hf://datasets/OWNER/NAME)
 DATA = os.environ.get("TRIMTAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -55,6 +55,18 @@ def answer_sets(model: Any, tokenizer: Any, sets: dict[str, list[str]], *, max_n
         samples[name] = [{"prompt": p, "response": a, "refusal": judge.is_refusal(a)}
                          for p, a in list(zip(prompts, answers[name], strict=True))[:n_samples]]
     return answers, samples
+
+
+def graded_answers(model: Any, tokenizer: Any, suite: Any, name: str) -> list[dict[str, str]]:
+    """Every answer to the evaluation set `name` of `suite` (greedy, as a cell's evaluation),
+    with its prompt and the suite judge's label."""
+    from dataclasses import replace
+
+    from trimtab.evaluation.evaluate import evaluate
+
+    prompts = suite.sets[name]
+    return evaluate(model, tokenizer, replace(suite, sets={name: prompts}),
+                    keep_samples=len(prompts))["samples"][name]
 
 
 def drop_samples(metrics: dict[str, Any]) -> dict[str, Any]:

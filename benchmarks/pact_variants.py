@@ -21,11 +21,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import machine, world_of_seed
+from common import graded_answers, machine, world_of_seed
 from pact import parse_extra
 
 from trimtab.demo import DEMO_TRAIN
-from trimtab.evaluation.evaluate import EvalSuite, evaluate
+from trimtab.evaluation.evaluate import EvalSuite
 from trimtab.evaluation.results import write_json_atomic
 from trimtab.pipeline import Cell, run_cell
 from trimtab.training.run import load_model, load_tokenizer
@@ -36,9 +36,8 @@ RATES = ("harmful_rate", "jailbreak_harmful_rate", "over_refusal_rate", "task_ac
 def harmful_answers(model_dir: str, reference: Path, suite: EvalSuite) -> list[str]:
     """The fine-tuned model's answers to the held-out harmful prompts that the oracle grades
     harmful (greedy, as the cell's own evaluation)."""
-    harmful = replace(suite, sets={"harmful": suite.sets["harmful"]})
-    graded = evaluate(load_model(model_dir, frozen=True), load_tokenizer(reference), harmful,
-                      keep_samples=len(suite.sets["harmful"]))["samples"]["harmful"]
+    graded = graded_answers(load_model(model_dir, frozen=True), load_tokenizer(reference), suite,
+                            "harmful")
     return [a["response"] for a in graded if a["label"] == "harmful"]
 
 
@@ -71,7 +70,8 @@ def main() -> None:
                 runs[-1]["harmful_answers"] = answers
     command = "python benchmarks/pact_variants.py " + " ".join(
         [f"--world-seed {s}" for s in args.world_seed] + [f"--variant {v}" for v in args.variant]
-        + [f"--fraction {args.fraction:g}"] + ["--harmful-answers"] * args.harmful_answers)
+        + [f"--fraction {args.fraction:g}"] + ["--harmful-answers"] * args.harmful_answers
+        + [f"--out {args.out}"])
     write_json_atomic(Path(args.out), {"command": command, "machine": machine(),
                                        "fraction": args.fraction, "seed": 0, "runs": runs})
     print(f"wrote {args.out}")

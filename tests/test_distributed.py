@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trimtab.training.processes import my_share
+from trimtab.training.processes import share_of
 from trimtab.training.run import load_model
 
 TRAIN = ["--world", "synthetic", "--quick", "--harmful-fraction", "0.1", "--max-steps", "8",
@@ -35,6 +35,25 @@ def train(method: str, out: Path, processes: int, per_device_batch: int, *extra:
     assert done.returncode == 0, done.stderr[-3000:]
     weights = "adapter_model.safetensors" if "--lora" in extra else "model.safetensors"
     assert (out / weights).is_file()
+
+
+def run_two_processes(script: Path, *args: Path) -> None:
+    """`script ARGS` as one 2-process job; a stalled process fails the test after 2 minutes
+    (the scripts take seconds) and the whole process group is killed, so none is left
+    waiting."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(script), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("a process stalled: the 2-process job did not finish in 120 s")
+    assert proc.returncode == 0, err[-3000:]
 
 
 def deltas(path: Path, start: Path) -> torch.Tensor:
@@ -65,15 +84,25 @@ def test_sampling_and_lora_train_under_ddp(tmp_path, quick_refs, method, extra):
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8])
-def test_the_processes_shares_cover_every_item_once_in_order(monkeypatch, n):
+def test_the_processes_shares_cover_every_item_once_in_order(n):
     for count in (1, 3):
-        monkeypatch.setenv("WORLD_SIZE", str(count))
-        shares = []
-        for rank in range(count):
-            monkeypatch.setenv("RANK", str(rank))
-            shares.append(range(n)[my_share(n)])
+        shares = [range(n)[share_of(n, index, count)] for index in range(count)]
         assert [i for share in shares for i in share] == list(range(n))
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_shares_are_gathered_in_order_and_a_failure_reaches_every_process(tmp_path):
+    """A judge that fails on one process must stop both: the other is not left waiting in
+    the gather for verdicts that never come."""
+    import json
+
+    script = Path(__file__).with_name("ddp_shares_script.py")
+    run_two_processes(script, tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["gathered"] for r in ranks] == [[i * i for i in range(7)]] * 2
+    assert ranks[1]["error"] == "ValueError: judge down"
+    assert ranks[0]["error"].startswith("TrimtabError: process 1 of 2 failed")
+    assert "ValueError: judge down" in ranks[0]["error"]
 
 
 def test_the_processes_share_the_judging_of_the_training_pairs(tmp_path, quick_refs,
@@ -123,21 +152,7 @@ def test_a_nonfinite_batch_on_one_rank_is_skipped_without_stalling_the_other(tmp
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)), tok, tmp_path / "m")
     script = Path(__file__).with_name("ddp_nonfinite_script.py")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(script), str(tmp_path / "m"), str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # a stalled rank would hang: give up after 2 minutes (it takes seconds) and kill the
-    # whole process group, so no orphaned rank is left waiting
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("a rank stalled: the DDP run did not finish in 120 s")
-    assert proc.returncode == 0, err[-3000:]
+    run_two_processes(script, tmp_path / "m", tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["skipped"] for r in ranks] == [1, 0]
     assert ranks[0]["weights"] == ranks[1]["weights"]

@@ -51,7 +51,7 @@ from trimtab.objectives.base import (
 )
 from trimtab.signals import signal_files
 from trimtab.signals.base import warn_if_mostly_misaligned
-from trimtab.training.processes import gather_shares, my_share
+from trimtab.training.processes import judged_in_shares
 from trimtab.training.reference import _unwrap
 from trimtab.training.sampling import completion_batch, sample_completions
 from trimtab.worlds.synthetic import vocabulary as V
@@ -228,8 +228,8 @@ class GatedObjective(Objective):
 
     def _judge_shared(self, prompts: list[str], responses: list[str]) -> list:
         """`_judge` of every pair, each process of a multi-process job judging its share."""
-        share = my_share(len(prompts))
-        return gather_shares(self._judge(prompts[share], responses[share]))
+        return judged_in_shares(lambda share: self._judge(prompts[share], responses[share]),
+                                len(prompts))
 
     def _judge(self, prompts: list[str], responses: list[str]) -> list:
         step = self.config.score_batch_size

@@ -40,7 +40,7 @@ from trimtab.objectives.base import (
 )
 from trimtab.signals import signal_files
 from trimtab.signals.base import warn_if_mostly_misaligned
-from trimtab.training.processes import gather_shares, my_share
+from trimtab.training.processes import judged_in_shares
 
 
 @dataclass
@@ -130,21 +130,24 @@ def critic_risks(signal: Any, prompts: list[str], targets: list[str], batch_size
     """1 - score of every (prompt, target) pair, judged in batches (each process of a
     multi-process job judges its share, and every process gets every risk)."""
     judge = getattr(signal, "verdicts", None) or signal.judge  # `verdicts` checks each one
-    share = my_share(len(prompts))
-    prompts, targets = prompts[share], targets[share]
-    risks: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        p, t = prompts[start : start + batch_size], targets[start : start + batch_size]
-        verdicts = with_retries(lambda p=p, t=t: judge(p, t), what, retries, wait, fix)
-        if len(verdicts) != len(p):
-            raise TrimtabError(f"the critic {what} returned {len(verdicts)} verdicts for "
-                               f"{len(p)} pairs; it must return one per pair.")
-        for v in verdicts:
-            if not 0.0 <= float(v.score) <= 1.0:  # also rejects NaN
-                raise TrimtabError(f"the critic {what} returned score {v.score!r}, outside "
-                                   "[0, 1]; fix the signal's score mapping.")
-            risks.append(1.0 - float(v.score))
-    return torch.tensor(gather_shares(risks), dtype=torch.float32)
+
+    def risks_of(share: slice) -> list[float]:
+        risks: list[float] = []
+        p_all, t_all = prompts[share], targets[share]
+        for start in range(0, len(p_all), batch_size):
+            p, t = p_all[start : start + batch_size], t_all[start : start + batch_size]
+            verdicts = with_retries(lambda p=p, t=t: judge(p, t), what, retries, wait, fix)
+            if len(verdicts) != len(p):
+                raise TrimtabError(f"the critic {what} returned {len(verdicts)} verdicts for "
+                                   f"{len(p)} pairs; it must return one per pair.")
+            for v in verdicts:
+                if not 0.0 <= float(v.score) <= 1.0:  # also rejects NaN
+                    raise TrimtabError(f"the critic {what} returned score {v.score!r}, outside "
+                                       "[0, 1]; fix the signal's score mapping.")
+                risks.append(1.0 - float(v.score))
+        return risks
+
+    return torch.tensor(judged_in_shares(risks_of, len(prompts)), dtype=torch.float32)
 
 
 class RiskKLObjective(Objective):

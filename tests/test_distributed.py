@@ -75,11 +75,14 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, quick_refs
     assert abs(ratio - 1) < 0.01, (cosine, ratio)
 
 
-@pytest.mark.parametrize(("method", "extra"), [("gated", ()), ("kl", ("--lora",))])
-def test_sampling_and_lora_train_under_ddp(tmp_path, quick_refs, method, extra):
+@pytest.mark.parametrize(("method", "extra"), [
+    ("gated", ()), ("kl", ("--lora",)),
+    ("pact", ("--lam", "0.1", "--mass-weight", "1", "--mass-critic", "keywords"))])
+def test_sampling_lora_and_setup_judging_train_under_ddp(tmp_path, quick_refs, method, extra):
     """gated samples, then runs one forward of the wrapper over training rows and samples (a
     rank's extra rows differ from its peer's); LoRA's reference is the adapter disabled on the
-    DDP-wrapped policy."""
+    DDP-wrapped policy. gated's pre-gate (targets and refusals) and pact's mass critic judge
+    their training pairs in shares gathered on both processes."""
     train(method, tmp_path / method, 2, 8, *extra)
 
 

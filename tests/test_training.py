@@ -275,3 +275,33 @@ def test_a_cached_reference_is_never_an_output_folder(quick_refs, tiny_model):
     for folder in (quick_refs.base, quick_refs.aligned):
         with pytest.raises(TrimtabError, match="is a cached reference model"):
             check_output_dir(folder, tiny_model)
+
+
+def test_a_new_run_removes_the_empty_trainer_folders_that_killed_runs_left(tmp_path,
+                                                                         monkeypatch):
+    """A run killed with SIGKILL cannot remove its scratch folder; the next run removes it
+    when its process is gone and it is empty, and nothing else."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from trimtab.training.scratch import remove_abandoned, scratch_folder
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    abandoned = tmp_path / f"trimtab-trainer-{dead}-a1"
+    holding_data = tmp_path / f"trimtab-trainer-{dead}-b2"
+    running = tmp_path / f"trimtab-trainer-{os.getpid()}-c3"
+    for folder in (abandoned, holding_data, running):
+        folder.mkdir()
+    (holding_data / "notes.txt").write_text("a user's file")
+    assert remove_abandoned(tmp_path) == [abandoned]
+    assert not abandoned.exists() and holding_data.is_dir() and running.is_dir()
+    # a run's own folder is named after its process, and removed when the run ends
+    abandoned.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with scratch_folder() as mine:
+        assert Path(mine).name.startswith(f"trimtab-trainer-{os.getpid()}-")
+        assert not abandoned.exists()
+    assert not Path(mine).exists()

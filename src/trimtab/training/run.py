@@ -33,6 +33,7 @@ from trimtab.training.checkpoints import (
 from trimtab.training.config import TrainConfig
 from trimtab.training.memory import PeakMemory
 from trimtab.training.reference import Reference
+from trimtab.training.scratch import scratch_folder
 from trimtab.training.trainer import AlignmentTrainer
 
 
@@ -260,10 +261,9 @@ def finetune(
         else:
             frozen = load_model(reference_path or model_path, config, frozen=True)
             reference = Reference(model, frozen)
-    # the Trainer needs a folder: the checkpoints' when there are any, else a scratch one (not
-    # made when unused, so a run killed mid-way leaves nothing behind in the temp folder)
+    # the Trainer needs a folder: the checkpoints' when there are any, else a scratch one
     trainer_dir = (contextlib.nullcontext(str(checkpoints)) if checkpoints is not None
-                   else tempfile.TemporaryDirectory(prefix="trimtab-trainer-"))
+                   else scratch_folder())
     with trainer_dir as trainer_folder:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun
         args = config.training_arguments(trainer_folder, len(features), world_size)

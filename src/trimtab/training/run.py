@@ -32,6 +32,7 @@ from trimtab.training.checkpoints import (
 )
 from trimtab.training.config import TrainConfig
 from trimtab.training.memory import PeakMemory
+from trimtab.training.processes import process_count
 from trimtab.training.reference import Reference
 from trimtab.training.scratch import scratch_folder
 from trimtab.training.trainer import AlignmentTrainer
@@ -265,7 +266,7 @@ def finetune(
     trainer_dir = (contextlib.nullcontext(str(checkpoints)) if checkpoints is not None
                    else scratch_folder())
     with trainer_dir as trainer_folder:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun
+        world_size = process_count()
         args = config.training_arguments(trainer_folder, len(features), world_size)
         trainer = AlignmentTrainer(
             model=model,

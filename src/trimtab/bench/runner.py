@@ -39,6 +39,7 @@ from trimtab.evaluation.results import check_out_folder, write_json_atomic, writ
 
 CELLS_DIR = "cells"
 START_MODELS_DIR = "start-models"
+STOP_POLL_SECONDS = 0.1  # how soon the bench sees a stop while its cells run
 
 
 @dataclass
@@ -247,7 +248,11 @@ def _execute(jobs: list[Job], workers: int, progress: bool, what: str
         fill()
         try:
             while running:
-                finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                # wake up often: the kernel may hand a SIGTERM to one of the pool's helper
+                # threads, and then this thread, blocked in a wait with no timeout, would run
+                # the handler only once a cell had finished (the cell being stopped)
+                finished, _ = futures.wait(running, timeout=STOP_POLL_SECONDS,
+                                           return_when=futures.FIRST_COMPLETED)
                 for done in finished:
                     job = running.pop(done)
                     try:

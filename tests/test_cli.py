@@ -316,6 +316,40 @@ def test_a_cache_or_output_under_a_file_is_a_user_error(capsys, tiny_model, data
     assert "$TRIMTAB_CACHE" in err and "is a file" in err
 
 
+class _StopsInItsFinalizer:
+    """Sends this process SIGTERM from `__del__`, where Python drops any exception raised,
+    the handler's `Terminated` included (as the `regex` package's `Group.__del__` did)."""
+
+    def __del__(self) -> None:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        self.after = True  # bytecode after the kill: the handler runs here, inside __del__
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_swallowed_by_a_finalizer_still_stops_the_command():
+    import signal
+
+    from trimtab.errors import Terminated, raise_if_terminated, sigterm_raises
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM already has a handler here; sigterm_raises would leave it alone")
+    reached = []
+    with pytest.raises(Terminated), sigterm_raises():
+        _StopsInItsFinalizer()  # freed at once; its Terminated is dropped
+        reached.append("after the swallowed stop")
+        raise_if_terminated()  # what a training step or a generation batch calls
+        reached.append("after the check")
+    assert reached == ["after the swallowed stop"]
+    with pytest.raises(Terminated), sigterm_raises():  # with no check in the block,
+        _StopsInItsFinalizer()  # its end raises
+    with sigterm_raises():  # a new block starts with no stop pending
+        raise_if_terminated()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_sigterm_during_a_reference_build_leaves_no_temp_folder(tmp_path):
     """A scheduler's or `kill`'s SIGTERM runs the same cleanup as Ctrl-C: the half-built
     references' temp folder goes, nothing lands in the cache, and the exit code says why."""

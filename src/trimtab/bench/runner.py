@@ -34,7 +34,7 @@ from trimtab.bench.config import (
     train_config,
     world_config,
 )
-from trimtab.errors import Terminated, TrimtabError, sigterm_raises
+from trimtab.errors import Terminated, TrimtabError, raise_if_terminated, sigterm_raises
 from trimtab.evaluation.results import check_out_folder, write_json_atomic, write_text_atomic
 
 CELLS_DIR = "cells"
@@ -114,6 +114,7 @@ def _run_job(job: Job) -> dict[str, Any]:
     run["cell_seconds"] = round(time.perf_counter() - started, 2)
     run["torch_threads"] = torch.get_num_threads()
     run["fingerprint"] = fingerprint(config, cell, refs.root.name)
+    raise_if_terminated()  # a stopped cell is not stored, even if its stop was swallowed
     write_json_atomic(job.out / CELLS_DIR / cell.file_name, run)
     return run
 
@@ -253,6 +254,7 @@ def _execute(jobs: list[Job], workers: int, progress: bool, what: str
                 # the handler only once a cell had finished (the cell being stopped)
                 finished, _ = futures.wait(running, timeout=STOP_POLL_SECONDS,
                                            return_when=futures.FIRST_COMPLETED)
+                raise_if_terminated()
                 for done in finished:
                     job = running.pop(done)
                     try:

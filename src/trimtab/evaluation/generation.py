@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trimtab.data.formatting import check_chat_template, prompt_ids
+from trimtab.errors import raise_if_terminated
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -41,6 +42,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
     pad = tokenizer.pad_token_id
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        raise_if_terminated()  # a SIGTERM whose exception a library's __del__ swallowed
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from trimtab.errors import TrimtabError
+from trimtab.errors import TrimtabError, raise_if_terminated
 from trimtab.objectives.base import Objective
 from trimtab.training.reference import Reference
 
@@ -35,6 +35,7 @@ class AlignmentTrainer(Trainer):
         self.skipped_batches = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        raise_if_terminated()  # a SIGTERM whose exception a library's __del__ swallowed
         out = self.objective(model, inputs, self.reference)
         if not torch.isfinite(out.loss.detach()).all():
             out.loss = self._nonfinite(out.loss, out.metrics)
